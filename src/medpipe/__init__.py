@@ -1,0 +1,3 @@
+"""medpipe: the MedicoSAM study as a Snakemake pipeline."""
+
+__version__ = "0.1.0"
