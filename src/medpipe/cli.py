@@ -11,8 +11,8 @@ import importlib
 import logging
 import sys
 
-# subcommand -> (module, one-line help). Stage modules keep heavy imports (torch, nnU-Net) inside
-# their functions, so building this parser stays fast.
+# subcommand -> (module, one-line help). Only the module of the subcommand being run is imported,
+# so `medpipe --help` is fast and a stage's heavy dependencies (torch, nnU-Net) load only when used.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate-config": ("medpipe.config", "validate a config file against the schema and print it with defaults"),
     "synth": ("medpipe.synth", "generate a demo raw dataset in real file formats"),
@@ -22,22 +22,31 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _wire(parser: argparse.ArgumentParser, name: str) -> None:
+    """Import the stage module of ``name`` and add its arguments and runner to ``parser``."""
+    module_name = SUBCOMMANDS[name][0]
+    module = importlib.import_module(module_name)
+    suffix = name.replace("-", "_")
+    (getattr(module, f"add_arguments_{suffix}", None) or module.add_arguments)(parser)
+    parser.set_defaults(_run=getattr(module, f"run_{suffix}", None) or module.run)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; only the subcommand named in ``argv`` (if any) gets its arguments wired."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="medpipe", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        adder = getattr(module, f"add_arguments_{name.replace('-', '_')}", None) or module.add_arguments
-        adder(sp)
-        runner = getattr(module, f"run_{name.replace('-', '_')}", None) or module.run
-        sp.set_defaults(_run=runner)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _wire(subparser, name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,24 @@
+# medpipe: the MedicoSAM study as a Snakemake workflow.
+#   snakemake --cores 2                      # the demo study (config/config.yaml)
+#   snakemake --configfile config/study.yaml --profile profiles/slurm-a100   # the paper's study
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        lambda wildcards: TARGETS,
+    default_target: True
+
+
+include: "workflow/rules/data.smk"

@@ -1,0 +1,5 @@
+import sys
+
+from medpipe.cli import main
+
+sys.exit(main())

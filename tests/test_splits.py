@@ -1,0 +1,92 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from medpipe.splits import SplitError, assign_splits, fixed_from_table, select_variant
+
+
+def make_cases(n_patients_by_modality, cases_per_patient=3, dataset="d", start=0):
+    rows = []
+    for modality, n in n_patients_by_modality.items():
+        for p in range(start, start + n):
+            for c in range(cases_per_patient):
+                rows.append((dataset, f"{modality}{p:03d}_{c}", f"{modality}{p:03d}", modality))
+    return pd.DataFrame(rows, columns=["dataset", "case_id", "patient_id", "modality"])
+
+
+FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def test_no_patient_in_two_splits():
+    table = assign_splits(make_cases({"ct": 30, "mri": 17}), FRACTIONS, seed=1)
+    per_patient = table.groupby(["dataset", "patient_id"])["split"].nunique()
+    assert (per_patient == 1).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_modality_proportions_within_one_group(seed):
+    cases_per_patient = 3
+    table = assign_splits(make_cases({"ct": 30, "mri": 17, "xray": 5}, cases_per_patient), FRACTIONS, seed)
+    for modality, stratum in table.groupby("modality"):
+        n = len(stratum)
+        for split, fraction in FRACTIONS.items():
+            count = int((stratum["split"] == split).sum())
+            assert abs(count - fraction * n) <= cases_per_patient, (modality, split, count, n)
+
+
+def test_deterministic_and_order_independent():
+    cases = make_cases({"ct": 20, "mri": 11})
+    a = assign_splits(cases, FRACTIONS, seed=3)
+    b = assign_splits(cases.sample(frac=1.0, random_state=7), FRACTIONS, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    c = assign_splits(cases, FRACTIONS, seed=4)
+    assert not a["split"].equals(c["split"])
+
+
+def test_stable_when_cases_are_added():
+    old = assign_splits(make_cases({"ct": 20, "mri": 10}), FRACTIONS, seed=0)
+    grown = pd.concat([make_cases({"ct": 20, "mri": 10}), make_cases({"ct": 8, "mri": 4}, start=100)])
+    new = assign_splits(grown, FRACTIONS, seed=0, fixed=fixed_from_table(old))
+    merged = old.merge(new, on=["dataset", "case_id"], suffixes=("_old", "_new"))
+    assert len(merged) == len(old)
+    assert (merged["split_old"] == merged["split_new"]).all()
+    # the new patients still push every split towards its target
+    for split, fraction in FRACTIONS.items():
+        assert abs((new["split"] == split).sum() - fraction * len(new)) <= 3
+
+
+def test_fixed_patient_split_in_two_is_refused():
+    table = pd.DataFrame(
+        {"dataset": ["d", "d"], "case_id": ["a", "b"], "patient_id": ["p", "p"], "modality": ["ct"] * 2,
+         "split": ["train", "test"]}
+    )
+    with pytest.raises(SplitError, match="several splits"):
+        fixed_from_table(table)
+
+
+def test_bad_fractions_and_duplicates():
+    cases = make_cases({"ct": 3})
+    with pytest.raises(SplitError, match="sum to 1"):
+        assign_splits(cases, {"train": 0.5, "val": 0.1, "test": 0.1}, seed=0)
+    with pytest.raises(SplitError, match="duplicate"):
+        assign_splits(pd.concat([cases, cases.iloc[:1]]), FRACTIONS, seed=0)
+
+
+def test_hand_computed_greedy_assignment():
+    # 4 single-case patients, 50/25/25: the greedy deficit rule must give exactly 2/1/1
+    cases = make_cases({"ct": 4}, cases_per_patient=1)
+    table = assign_splits(cases, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    assert table["split"].value_counts().to_dict() == {"train": 2, "val": 1, "test": 1}
+
+
+def test_paper_variants_are_nested_and_sized():
+    cases = make_cases({"ct": 40, "mri": 20}, cases_per_patient=1)
+    table = assign_splits(cases, {"train": 0.9, "val": 0.1, "test": 0.0}, seed=0)
+    full = select_variant(table, {"train": 0.9, "val": 0.1}, seed=0)
+    p60 = select_variant(table, {"train": 0.5, "val": 0.1}, seed=0)
+    assert full.all()
+    assert (p60 <= full).all()
+    for modality, n in (("ct", 40), ("mri", 20)):
+        sub = table[(table["modality"] == modality) & p60]
+        assert (sub["split"] == "train").sum() == int(np.ceil(0.5 * n))
+        assert (sub["split"] == "val").sum() == int(np.ceil(0.1 * n))
