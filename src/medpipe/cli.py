@@ -19,6 +19,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("medpipe.ingest", "ingest one raw dataset into a zarr v3 store"),
     "split": ("medpipe.splits", "write the train/val/test split table of one dataset"),
     "split-corpus": ("medpipe.splits", "write the split table of the finetuning corpus"),
+    "finetune": ("medpipe.finetune.command", "finetune SAM with Alg. 1 (one configured run; resumable; torchrun for DDP)"),
+    "export": ("medpipe.export", "export a training checkpoint as a segment_anything-loadable .pth"),
+    "check-compat": ("medpipe.export", "check that an exported .pth loads strictly in segment_anything and predicts"),
+    "compat-table": ("medpipe.export", "collect compatibility checks into the compatibility table"),
+    "eval2d": ("medpipe.interactive.command", "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)"),
+    "eval3d": ("medpipe.interactive.command", "interactive 3D evaluation: grid search on val, chosen setting and oracle on test"),
+    "aggregate-interactive": ("medpipe.aggregate.interactive", "tables and figures of the interactive evaluation"),
+    "semantic-run": ("medpipe.semantic.command", "train and test one semantic segmentation method on one dataset and seed"),
+    "semantic-aggregate": ("medpipe.aggregate.semantic", "semantic result tables -> summary, seed statistics, paired tests, figures"),
 }
 
 

@@ -1,0 +1,7 @@
+"""Finetuning SAM with the objective of Alg. 1 (SPEC section 3.1).
+
+Modules: ``settings`` (knobs and presets), ``data`` (samples from the corpus), ``objective``
+(losses and one interactive iteration), ``sem_decoder`` (the joint semantic decoder),
+``distributed`` (gradient averaging under torchrun), ``trainer`` (the loop), ``command`` (the
+``medpipe finetune`` subcommand).
+"""

@@ -1,0 +1,53 @@
+"""``medpipe finetune``: run (or resume) one configured finetune run.
+
+Launch it plainly (``medpipe finetune RUN ...``) for one process, or as
+``torchrun --standalone --nproc_per_node=K -m medpipe finetune RUN ...``
+for K data-parallel processes (one per GPU; gloo processes on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from medpipe.config import load_config
+from medpipe.finetune.settings import resolve_run
+from medpipe.store import DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="validated study config (YAML)")
+    # positional: torchrun would take an option named --run for an abbreviation of its --run-path
+    parser.add_argument("run", help="name of the run under finetune.runs")
+    parser.add_argument("--corpus", required=True, help="corpus split table (corpus.tsv)")
+    parser.add_argument("--stores", nargs="+", required=True, help="zarr stores of the corpus datasets")
+    parser.add_argument("--out-dir", required=True, help="training folder (checkpoints, metrics)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override knobs of this run (YAML values), e.g. iterations=10")
+    parser.add_argument("--die-after", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
+
+
+def store_map(paths) -> dict[str, str]:
+    """Dataset name -> store path, read from each store's own metadata."""
+    return {DatasetStore(path).name: str(path) for path in paths}
+
+
+def run(args) -> int:
+    import yaml
+
+    from medpipe.finetune.trainer import train
+
+    config = load_config(args.config)
+    settings = resolve_run(config, args.run)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in settings:
+            raise SystemExit(f"--set {item}: unknown knob {key!r}")
+        settings[key] = yaml.safe_load(value)
+    summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
+                    die_after=args.die_after)
+    if summary:
+        log.info("finetune run %s done: best validation metric %s", summary["run"], summary["best_metric"])
+    return 0

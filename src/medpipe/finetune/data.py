@@ -1,0 +1,217 @@
+"""Training samples for Alg. 1 from the zarr stores and the corpus split table.
+
+An *item* is one 2D image: a 2D case, or one z-slice of a 3D volume that holds an object. Items
+with no object are left out when the index is built (the sampler skips images without objects).
+
+Every sample is a pure function of its global *position* in the sample stream and the seed: the
+position fixes the epoch, the item (a seeded permutation per epoch) and the random draws (crop,
+flips, which objects). So data order survives a kill and resume, does not depend on the number of
+loader workers, and a DDP run with K ranks sees exactly the samples of a single process with the
+same global batch, each rank a different shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from medpipe.sam.preprocess import pad_to_square, percentile_normalize, resize_label, sam_input, to_three_channels
+from medpipe.store import DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+class CorpusError(RuntimeError):
+    """The corpus table or a store does not provide what finetuning needs."""
+
+
+@dataclass(frozen=True)
+class Item:
+    dataset: str
+    case_id: str
+    z: int | None  # slice of a volume, None for a 2D case
+
+
+def instances_from_semantic(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
+    """Objects of a semantic label map: connected components per class with >= ``min_px`` pixels.
+
+    Returns an instance map (0 = background; ids 1..n, numbered class by class, then in scan order
+    of ``scipy.ndimage.label``) and n. Components of different classes never merge.
+    """
+    label = np.asarray(label)
+    instances = np.zeros(label.shape, dtype=np.int32)
+    count = 0
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        comp, n = ndimage.label(label == cls)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())
+        keep = np.flatnonzero(sizes >= min_px)
+        keep = keep[keep > 0]
+        for comp_id in keep:
+            count += 1
+            instances[comp == comp_id] = count
+    return instances, count
+
+
+def _truthy(column: pd.Series) -> pd.Series:
+    return column.astype(str).str.strip().str.lower().isin({"true", "1", "yes"})
+
+
+def corpus_cases(table, split: str, variant: str) -> pd.DataFrame:
+    """Rows of the corpus table in ``split`` and in corpus variant ``variant``."""
+    table = Path(table)
+    try:
+        frame = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise CorpusError(f"{table}: cannot read the corpus split table ({exc})") from exc
+    column = f"in_{variant}"
+    missing = {"dataset", "case_id", "split", column} - set(frame.columns)
+    if missing:
+        raise CorpusError(f"{table}: missing columns {sorted(missing)} (corpus variant {variant!r})")
+    return frame[(frame["split"] == split) & _truthy(frame[column])].reset_index(drop=True)
+
+
+def build_items(table, store_paths: dict[str, str], split: str, variant: str, min_object_px: int) -> list[Item]:
+    """Index every image of ``split`` that holds at least one object (2D cases, slices of volumes)."""
+    rows = corpus_cases(table, split, variant)
+    stores: dict[str, DatasetStore] = {}
+    items: list[Item] = []
+    for row in tqdm(rows.itertuples(), total=len(rows), desc=f"index {split}", disable=len(rows) < 50):
+        if row.dataset not in store_paths:
+            raise CorpusError(f"{table}: dataset {row.dataset!r} has no store among {sorted(store_paths)}")
+        store = stores.get(row.dataset) or stores.setdefault(row.dataset, DatasetStore(store_paths[row.dataset]))
+        label = store.label(row.case_id)
+        if store.ndim == 3:
+            for z in np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1)):
+                if instances_from_semantic(label[z], min_object_px)[1]:
+                    items.append(Item(row.dataset, row.case_id, int(z)))
+        elif instances_from_semantic(label, min_object_px)[1]:
+            items.append(Item(row.dataset, row.case_id, None))
+    log.info("%s: %d images with objects from %d cases", split, len(items), len(rows))
+    return items
+
+
+def _crop_window(instances: np.ndarray, patch: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A patch x patch window (clipped to the image) that contains a random object pixel."""
+    fg = np.flatnonzero(instances)
+    cy, cx = divmod(int(fg[rng.integers(fg.size)]), instances.shape[1])
+    windows = []
+    for centre, extent in ((cy, instances.shape[0]), (cx, instances.shape[1])):
+        size = min(patch, extent)
+        start = int(np.clip(centre - rng.integers(0, size), 0, extent - size))
+        windows.append(slice(start, start + size))
+    return windows[0], windows[1]
+
+
+def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, patch_size: int,
+                input_size: int, n_obj: int, min_object_px: int, flips: bool) -> dict:
+    """One training sample from a 2D image (H, W) or (H, W, C) and its semantic label (H, W).
+
+    Crop a patch around a random object, flip, percentile-normalise to 0-255, make 3 channels,
+    resize the longest side to ``input_size`` and pad (SAM's transform), take the objects
+    (connected components per class, >= ``min_object_px``; any size if the crop cut them all
+    below it) and sample up to ``n_obj`` of them without replacement.
+    """
+    instances, count = instances_from_semantic(label, min_object_px)
+    if count == 0:
+        raise CorpusError("make_sample: the image has no object")
+    rows, cols = _crop_window(instances, patch_size, rng)
+    image, label = image[rows, cols], label[rows, cols]
+    if flips:
+        if rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        if rng.random() < 0.5:
+            image, label = image[::-1], label[::-1]
+    instances, count = instances_from_semantic(label, min_object_px)
+    if count == 0:
+        instances, count = instances_from_semantic(label, 1)
+    tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
+    inst = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(instances)), input_size), input_size)
+    fg = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(label > 0).astype(np.uint8)), input_size), input_size)
+    present = [i for i in range(1, count + 1) if bool((inst == i).any())]
+    chosen = rng.choice(present, size=min(n_obj, len(present)), replace=False)
+    masks = torch.stack([(inst == int(i)) for i in chosen]).to(torch.uint8)
+    return {"image": tensor, "masks": masks, "foreground": fg[None].to(torch.uint8)}
+
+
+class CorpusSamples(Dataset):
+    """Map-style dataset indexed by global sample position (see the module docstring)."""
+
+    def __init__(self, items: list[Item], store_paths: dict[str, str], settings: dict, seed: int, stream: int = 0):
+        if not items:
+            raise CorpusError("no images with objects in this part of the corpus")
+        self.items, self.store_paths, self.settings = items, dict(store_paths), settings
+        self.seed, self.stream = int(seed), int(stream)
+        self._stores: dict[str, DatasetStore] = {}
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:  # positions are unbounded; one epoch is len(items)
+        return len(self.items)
+
+    def item_at(self, position: int) -> Item:
+        epoch, offset = divmod(int(position), len(self.items))
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.items))}
+        return self.items[self._perms[epoch][offset]]
+
+    def _store(self, name: str) -> DatasetStore:
+        if name not in self._stores:
+            self._stores[name] = DatasetStore(self.store_paths[name])
+        return self._stores[name]
+
+    def __getitem__(self, position: int) -> dict:
+        item = self.item_at(position)
+        store = self._store(item.dataset)
+        if item.z is None:
+            image, label = store.image(item.case_id), store.label(item.case_id)
+        else:
+            image = store.image_array(item.case_id)[item.z]
+            label = store.label_array(item.case_id)[item.z]
+        rng = np.random.default_rng([self.seed, self.stream, 1_000_003, int(position)])
+        s = self.settings
+        sample = make_sample(np.asarray(image), np.asarray(label), rng, patch_size=s["patch_size"],
+                             input_size=s["input_size"], n_obj=s["n_obj"], min_object_px=s["min_object_px"],
+                             flips=s["flips"])
+        sample["position"] = int(position)
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack a batch; the number of objects is cut to the smallest count in the batch (Alg. 1)."""
+    k = min(s["masks"].shape[0] for s in samples)
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "masks": torch.stack([s["masks"][:k] for s in samples]),
+        "foreground": torch.stack([s["foreground"] for s in samples]),
+        "position": torch.tensor([s["position"] for s in samples], dtype=torch.int64),
+    }
+
+
+class IterationBatches(torch.utils.data.Sampler):
+    """Batches of global positions for iterations ``start .. stop-1``; rank r takes its shard.
+
+    Iteration ``it`` covers positions ``it*B*W .. (it+1)*B*W - 1`` of the stream (B per-rank batch,
+    W ranks); rank r takes ``it*B*W + r*B + (0..B-1)``.
+    """
+
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch_size, rank, world_size
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            base = it * self.batch * self.world + self.rank * self.batch
+            yield list(range(base, base + self.batch))
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)

@@ -1,0 +1,148 @@
+"""Data parallelism across processes started by ``torchrun`` (NCCL on GPU, gloo on CPU).
+
+Alg. 1 calls the prompt encoder and mask decoder 1 + n_steps times per iteration and, depending on
+the draws, leaves some parameters unused (box vs point embeddings, the mask-prompt encoder); this
+is what makes ``DistributedDataParallel`` fail with "marked ready twice" / unfinished reductions.
+We therefore average gradients explicitly after each backward pass: every rank all-reduces every
+trainable parameter's gradient (a missing gradient counts as zero), in flat buckets. The result is
+the gradient of the loss averaged over the global batch, identical on every rank, so parameters
+stay identical across ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+BUCKET_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> Context:
+    """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Context(rank, world, local, device)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast_parameters(module: torch.nn.Module, ctx: Context) -> None:
+    """Make every rank start from rank 0's weights."""
+    if ctx.distributed:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def average_gradients(params, ctx: Context) -> None:
+    """All-reduce-average the gradients of ``params`` in flat buckets (no-op for one process)."""
+    if not ctx.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket, size = [], 0
+    for p in params:
+        bucket.append(p.grad)
+        size += p.grad.numel() * p.grad.element_size()
+        if size >= BUCKET_BYTES:
+            _reduce(bucket, ctx)
+            bucket, size = [], 0
+    if bucket:
+        _reduce(bucket, ctx)
+
+
+def _reduce(grads: list[torch.Tensor], ctx: Context) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_flags(flags: list[bool], ctx: Context) -> list[bool]:
+    """Rank 0's per-iteration draws (p_box, p_mask) on every rank."""
+    if not ctx.distributed:
+        return flags
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=ctx.device)
+    dist.broadcast(tensor, src=0)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def global_min(value: int, ctx: Context) -> int:
+    """The smallest ``value`` over ranks (the per-batch object count is cut to it)."""
+    if not ctx.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def mean_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
+    """Average logged scalars over ranks (the loss of the global batch)."""
+    if not ctx.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return {k: v / ctx.world_size for k, v in zip(keys, tensor.tolist())}
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def max_divergence(module: torch.nn.Module, ctx: Context) -> float:
+    """Largest absolute difference of any weight between a rank and rank 0 (0.0 when in sync)."""
+    if not ctx.distributed:
+        return 0.0
+    worst = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    for tensor in module.state_dict().values():
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        if tensor.is_floating_point():
+            worst = torch.maximum(worst, (tensor.detach() - reference).abs().max().double())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)
+
+
+def any_rank(flag: bool, ctx: Context) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks stop at the same iteration)."""
+    if not ctx.distributed:
+        return bool(flag)
+    tensor = torch.tensor([int(flag)], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())

@@ -1,0 +1,165 @@
+"""The training objective of Alg. 1 (SPEC section 3.1): losses and one interactive iteration.
+
+One call of :func:`alg1_loss` is lines 5-35 of Alg. 1 for a batch whose image embeddings were
+computed once: initial box or point prompt, the prediction, then ``n_steps`` correction
+sub-iterations that add one positive and one negative point each (and optionally the previous
+low-res mask), every sub-iteration contributing a Dice loss and an IoU-regression loss; the sum is
+divided by ``n_steps + 1``. The prompt rules themselves are :mod:`medpipe.prompts`, shared with
+evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medpipe import prompts as P
+
+EPS = 1e-6
+VALIDATION_KINDS = ("point", "box", "points", "box+points")
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared-denominator Dice loss per object and output: (N, M, H, W) vs (N, 1, H, W) -> (N, M).
+
+    ``1 - 2 sum(p g) / (sum(p^2) + sum(g^2))``, the form of the reference code.
+    """
+    target = target.to(probs.dtype)
+    inter = (probs * target).sum(dim=(-2, -1))
+    denom = (probs * probs).sum(dim=(-2, -1)) + (target * target).sum(dim=(-2, -1))
+    return 1.0 - 2.0 * inter / denom.clamp_min(EPS)
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of binary predictions (N, M, H, W) with the target (N, 1, H, W) -> (N, M), float."""
+    pred, target = pred.bool(), target.bool()
+    inter = (pred & target).sum(dim=(-2, -1)).float()
+    union = (pred | target).sum(dim=(-2, -1)).float()
+    return inter / union.clamp_min(EPS)
+
+
+def step_losses(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask and IoU loss of one (sub-)iteration, averaged over objects.
+
+    ``logits`` (N, M, H, W) upscaled mask logits, ``iou_pred`` (N, M), ``target`` (N, 1, H, W).
+    Mask loss: Dice loss of sigmoid(logits), the best (minimum) of the M outputs per object (M = 3
+    for a single-point prompt, else 1). IoU loss: MSE between predicted IoU and the true IoU of
+    the binarised masks (logits > 0), over all M outputs.
+    """
+    logits = logits.float()
+    per_output = dice_loss(torch.sigmoid(logits), target)
+    mask_loss = per_output.min(dim=1).values.mean()
+    with torch.no_grad():
+        true_iou = mask_iou(logits > 0, target)
+    iou_loss = F.mse_loss(iou_pred.float(), true_iou)
+    return mask_loss, iou_loss
+
+
+def decode(sam, embedding: torch.Tensor, prompt: dict, mask_input, multimask: bool, out_size: int):
+    """Prompt-encode and mask-decode the objects of one image; logits upscaled to ``out_size``.
+
+    ``embedding`` (C, h, w) is one image's embedding, computed once and reused for all objects and
+    sub-iterations. Returns ``(logits (N, M, S, S), low_res (N, M, h', w'), iou_pred (N, M))``.
+    """
+    points, boxes = P.as_torch_prompts(prompt, embedding.device)
+    sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    low_res, iou_pred = sam.mask_decoder(
+        image_embeddings=embedding[None],
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    logits = F.interpolate(low_res.float(), (out_size, out_size), mode="bilinear", align_corners=False)
+    return logits, low_res, iou_pred
+
+
+def alg1_loss(
+    sam,
+    embeddings: torch.Tensor,
+    masks: torch.Tensor,
+    rngs: list[np.random.Generator],
+    *,
+    use_box: bool,
+    use_mask: bool,
+    n_steps: int,
+    box_distortion: float,
+) -> dict[str, torch.Tensor]:
+    """The interactive part of one Alg. 1 iteration for a batch.
+
+    ``embeddings`` (B, C, h, w) from the image encoder (computed once), ``masks`` (B, K, S, S)
+    object masks at the input resolution, ``rngs`` one generator per image (prompt draws of an
+    image do not depend on which process or batch slot it lands in, so a DDP run and a single
+    process draw the same prompts). ``use_box`` / ``use_mask`` are this iteration's draws of
+    ``p_box`` / ``p_mask``. Returns the averaged ``loss`` and its ``mask_loss`` / ``iou_loss`` terms.
+    """
+    batch, _, size = masks.shape[0], masks.shape[1], masks.shape[-1]
+    gt_np = masks.detach().cpu().numpy().astype(bool)
+    state = [P.initial_prompts(gt_np[b], rngs[b], use_box=use_box, box_distortion=box_distortion) for b in range(batch)]
+    low_size = tuple(4 * s for s in sam.prompt_encoder.image_embedding_size)
+    mask_in = [P.empty_mask_prompt(masks.shape[1], low_size, embeddings.device) if use_mask else None] * batch
+    mask_total = embeddings.new_zeros((), dtype=torch.float32)
+    iou_total = embeddings.new_zeros((), dtype=torch.float32)
+    target = masks[:, :, None].float()
+    for step in range(n_steps + 1):
+        outputs = [decode(sam, embeddings[b], state[b], mask_in[b], P.uses_multimask(state[b]), size) for b in range(batch)]
+        logits = torch.cat([o[0] for o in outputs])
+        iou_pred = torch.cat([o[2] for o in outputs])
+        mask_loss, iou_loss = step_losses(logits, iou_pred, target.flatten(0, 1))
+        mask_total = mask_total + mask_loss
+        iou_total = iou_total + iou_loss
+        if step == n_steps:
+            break
+        with torch.no_grad():  # Alg. 1 lines 26-33: corrections from the best predicted mask
+            for b, (logit_b, low_b, iou_b) in enumerate(outputs):
+                best_logits, best = P.select_best(logit_b, iou_b)
+                pred = (best_logits[:, 0] > 0).cpu().numpy()
+                state[b] = P.add_correction_points(state[b], gt_np[b], pred, rngs[b])
+                if use_mask:
+                    low_best, _ = P.select_best(low_b, iou_b)
+                    mask_in[b] = P.mask_prompt_from(low_best)
+    steps = n_steps + 1
+    mask_total, iou_total = mask_total / steps, iou_total / steps
+    return {"loss": mask_total + iou_total, "mask_loss": mask_total, "iou_loss": iou_total}
+
+
+def validation_prompts(masks: np.ndarray, rng: np.random.Generator, kind: str) -> dict:
+    """Fixed prompt types the validation cycles through (SPEC 3.1): point, box, points, box+points.
+
+    ``points``: 3 positive points inside the object and 2 negatives from the 3 px bbox ring (with
+    the background fallback of :func:`medpipe.prompts.correction_points`); ``box+points``: the
+    tight box plus one positive and one negative point. Boxes are not distorted.
+    """
+    if kind not in VALIDATION_KINDS:
+        raise ValueError(f"unknown validation prompt kind {kind!r}; expected one of {VALIDATION_KINDS}")
+    if kind in ("point", "box"):
+        return P.initial_prompts(masks, rng, use_box=kind == "box")
+    empty = np.zeros_like(masks, dtype=bool)
+    if kind == "box+points":
+        return P.add_correction_points(P.initial_prompts(masks, rng, use_box=True), masks, empty, rng)
+    state = P.initial_prompts(masks, rng, use_box=False)
+    state = P.add_correction_points(state, masks, empty, rng)
+    state = P.add_correction_points(state, masks, empty, rng)
+    return state
+
+
+@torch.no_grad()
+def validation_dice_loss(sam, embeddings: torch.Tensor, masks: torch.Tensor, rngs, kind: str) -> torch.Tensor:
+    """Mean Dice loss (best of the outputs) of one prompt kind over a batch: the validation metric."""
+    gt_np = masks.cpu().numpy().astype(bool)
+    losses = []
+    for b in range(masks.shape[0]):
+        prompt = validation_prompts(gt_np[b], rngs[b], kind)
+        logits, _, _ = decode(sam, embeddings[b], prompt, None, P.uses_multimask(prompt), masks.shape[-1])
+        losses.append(dice_loss(torch.sigmoid(logits.float()), masks[b][:, None]).min(dim=1).values)
+    return torch.cat(losses).mean()
+
+
+def semantic_dice_loss(logits: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Dice loss of the joint semantic decoder against the foreground (Alg. 1 lines 37-40).
+
+    ``logits`` (B, 1, S, S); ``foreground`` (B, 1, S, S) is the union of all objects of the patch
+    (every object, not only the ``n_obj`` sampled for the interactive loss).
+    """
+    return dice_loss(torch.sigmoid(logits.float()), foreground).mean()

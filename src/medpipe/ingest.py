@@ -1,0 +1,276 @@
+"""``medpipe ingest``: one raw dataset -> one zarr v3 dataset store (layout: docs/data-format.md).
+
+Why it is built this way:
+
+* **Lossless, one pass.** Each case is streamed through dask once: the same blocks are written to
+  zarr and checked (non-finite image voxels, label values), so a multi-GB volume is read once and
+  never held in memory whole (NIfTI is read slab by slab through nibabel's proxy).
+* **Bad input never stops a dataset.** A case that cannot be read or fails a check is logged with
+  the file and the problem, written to the quarantine table, removed from the store, and ingest
+  goes on. A dataset whose every case is quarantined still gets an (empty, complete) store and exit
+  status 0, with a warning, so other datasets of the study go on; only globs that match no file at
+  all are an error (almost certainly a config mistake).
+* **Never a half store that looks complete.** The store is built in ``<out>.partial-<pid>`` with
+  ``attrs.medpipe.complete = false``; ``complete = true`` is the last write, then the folder is
+  renamed into place (an existing store is replaced only now). An interrupted ingest removes its
+  partial folder; a killed one leaves only a ``.partial-<pid>`` folder that ``DatasetStore``
+  refuses to open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
+from medpipe.io.checksum import sha256_of
+from medpipe.io.quarantine import QuarantineRow, write_quarantine
+from medpipe.io.readers import ImageMeta, ReadError, read_image
+from medpipe.store import COMPLETE_FLAG, FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+
+SPACING_RTOL = 1e-3  # image and label spacing further apart than this is logged
+
+
+class CaseProblem(ValueError):
+    """A case fails a check; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    dataset: str
+    store: Path
+    case_ids: list[str]
+    quarantined: list[QuarantineRow]
+
+
+def _workers() -> int:
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def label_dtype(classes: dict[int, str]) -> np.dtype:
+    """uint8 labels, uint16 when a class id does not fit (the contract allows nothing wider)."""
+    top = max(int(k) for k in classes)
+    if top > np.iinfo(np.uint16).max:
+        raise DatasetConfigError(f"class id {top} does not fit the uint16 label arrays")
+    return np.dtype(np.uint8 if top <= np.iinfo(np.uint8).max else np.uint16)
+
+
+def _chunks(shape: tuple[int, ...], spatial_chunks: list[int], colour: bool) -> tuple[int, ...]:
+    """Config chunks clipped to the shape; a colour axis is never split."""
+    spatial = tuple(min(int(c), int(n)) for c, n in zip(spatial_chunks, shape))
+    return spatial + ((int(shape[-1]),) if colour else ())
+
+
+def _conform(array, meta: ImageMeta, ndim: int, path: Path, role: str):
+    """Bring an array to the dataset's dimensionality or explain why it cannot be."""
+    spatial = meta.spatial_shape
+    if ndim == 2 and len(spatial) == 3 and spatial[0] == 1 and not meta.colour:
+        # a one-slice volume (e.g. a 2D image saved as NIfTI) is a 2D image
+        meta = ImageMeta(spatial[1:], meta.dtype, meta.spacing[1:], None, False)
+        return array[0], meta
+    if len(spatial) != ndim:
+        raise CaseProblem(f"{path}: {role} has shape {meta.shape} but the dataset is {ndim}D")
+    if meta.colour and (role == "label" or ndim == 3):
+        raise CaseProblem(f"{path}: {role} has colour channels (shape {meta.shape}); expected one channel")
+    return array, meta
+
+
+def _open(path: Path, ndim: int, chunks: list[int], role: str):
+    """Read ``path`` lazily where the format allows, with blocks that tile the zarr chunks."""
+    # volumes: slabs of whole z slices (contiguous on disk), each a stack of zarr chunks
+    read_chunks = (int(chunks[0]), None, None) if ndim == 3 else None
+    array, meta = read_image(path, chunks=read_chunks)
+    return _conform(array, meta, ndim, path, role)
+
+
+def _as_dask(array, chunks: tuple[int, ...]) -> da.Array:
+    if isinstance(array, da.Array):
+        return array
+    return da.from_array(np.asarray(array), chunks=chunks)
+
+
+def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: dict, chunk_config: dict,
+                 hasher: ThreadPoolExecutor) -> None:
+    """Write one case into ``cases_group`` or raise ``ReadError``/``CaseProblem`` (caller cleans up)."""
+    ndim = int(spec["ndim"])
+    spatial_chunks = chunk_config["chunks_3d"] if ndim == 3 else chunk_config["chunks_2d"]
+    digests = {"image": hasher.submit(sha256_of, case.image), "label": hasher.submit(sha256_of, case.label)}
+    image, imeta = _open(case.image, ndim, spatial_chunks, "image")
+    label, lmeta = _open(case.label, ndim, spatial_chunks, "label")
+    if imeta.spatial_shape != lmeta.spatial_shape:
+        raise CaseProblem(
+            f"{case.image} / {case.label}: image/label shape mismatch: image {imeta.spatial_shape}, "
+            f"label {lmeta.spatial_shape}"
+        )
+    if not np.allclose(imeta.spacing, lmeta.spacing, rtol=SPACING_RTOL):
+        log.warning("%s: label spacing %s differs from image spacing %s (image spacing is kept)",
+                    case.label, lmeta.spacing, imeta.spacing)
+
+    image_chunks = _chunks(imeta.shape, spatial_chunks, imeta.colour)
+    label_chunks = _chunks(lmeta.shape, spatial_chunks, False)
+    classes = {int(k) for k in spec["classes"]}
+    out_label_dtype = label_dtype(spec["classes"])
+    names = ["z", "y", "x"][-len(imeta.spatial_shape):]
+    group = cases_group.create_group(case.case_id)
+    z_image = group.create_array("image", shape=imeta.shape, dtype=imeta.dtype, chunks=image_chunks, fill_value=0,
+                                 dimension_names=names + (["c"] if imeta.colour else []))
+    z_label = group.create_array("label", shape=lmeta.shape, dtype=out_label_dtype, chunks=label_chunks,
+                                 fill_value=0, dimension_names=names)
+
+    image_da = _as_dask(image, image_chunks)
+    label_da = _as_dask(label, label_chunks)
+    # one graph: every block is read once, then written and checked
+    stored = da.store([image_da, label_da.astype(out_label_dtype)], [z_image, z_label], lock=False, compute=False)
+    checks = {"labels": da.unique(label_da)}
+    if np.issubdtype(imeta.dtype, np.inexact):
+        checks["non_finite"] = (~da.isfinite(image_da)).sum()
+    # a gzip stream can only be read front to back: keep its slabs in order on one thread
+    gz = any(p.name.lower().endswith(".gz") for p in (case.image, case.label))
+    _, results = dask.compute(stored, checks, scheduler="synchronous" if gz else "threads", num_workers=_workers())
+
+    problems = []
+    if int(results.get("non_finite", 0)):
+        problems.append(f"{case.image}: image has {int(results['non_finite'])} non-finite voxels (NaN or inf)")
+    values = results["labels"].tolist()
+    unknown = [v for v in values if v != 0 and v not in classes]
+    if unknown:
+        problems.append(f"{case.label}: label values not in classes {sorted(classes)}: {unknown[:10]}")
+    elif not any(v != 0 for v in values):
+        problems.append(f"{case.label}: empty label (no foreground voxel)")
+    if problems:
+        raise CaseProblem("; ".join(problems))
+
+    group.attrs.update({
+        "case_id": case.case_id,
+        "patient_id": case.patient_id,
+        "modality": spec["modality"],
+        "spacing": [float(s) for s in imeta.spacing],
+        "orientation": imeta.orientation if ndim == 3 else None,
+        "source": {"image": str(case.image), "label": str(case.label)},
+        "sha256": {role: future.result() for role, future in digests.items()},
+        "shape": [int(n) for n in imeta.shape],
+        "dtype": str(imeta.dtype),
+    })
+
+
+def _remove_case(cases_group: zarr.Group, case_id: str) -> None:
+    if case_id in cases_group:
+        del cases_group[case_id]
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Move the complete partial store to ``out``, replacing an old store only now."""
+    if not out.exists():
+        os.replace(partial, out)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(partial, out)
+    shutil.rmtree(old)
+
+
+def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | Path,
+                   chunk_config: dict | None = None) -> IngestReport:
+    """Ingest every case of one dataset into the store ``out``; refused cases go to ``quarantine``.
+
+    ``spec`` is the dataset's config entry (globs relative to the working directory),
+    ``chunk_config`` the config's ``ingest`` section (``chunks_2d``, ``chunks_3d``).
+    """
+    chunk_config = chunk_config or {"chunks_2d": [512, 512], "chunks_3d": [32, 256, 256]}
+    out, quarantine = Path(out), Path(quarantine)
+    label_dtype(spec["classes"])  # a config problem: fail before touching any file
+    cases, rows = discover_cases(dataset, spec)
+    if not cases and not rows:
+        raise DatasetConfigError(
+            f"datasets.{dataset}: no file matches images glob {spec['images']!r} or labels glob "
+            f"{spec['labels']!r} (relative to {Path.cwd()})"
+        )
+    for row in rows:
+        log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    if partial.exists():
+        shutil.rmtree(partial)
+    written: list[str] = []
+    try:
+        root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+        root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: False}
+        root.attrs["dataset"] = {
+            "name": dataset,
+            "modality": spec["modality"],
+            "ndim": int(spec["ndim"]),
+            "classes": {str(k): v for k, v in sorted(spec["classes"].items(), key=lambda kv: int(kv[0]))},
+        }
+        root.attrs["case_ids"] = []
+        cases_group = root.create_group("cases")
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
+            for case in tqdm(cases, desc=f"ingest {dataset}", unit="case"):
+                try:
+                    _ingest_case(cases_group, case, dataset, spec, chunk_config, hasher)
+                except (ReadError, CaseProblem) as exc:
+                    problem = str(exc)
+                except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
+                    log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
+                    problem = f"{case.image}: unexpected error ({type(exc).__name__}: {exc})"
+                else:
+                    written.append(case.case_id)
+                    continue
+                log.warning("%s: quarantined case %r: %s", dataset, case.case_id, problem)
+                rows.append(QuarantineRow(dataset, case.case_id, str(case.image), str(case.label), problem))
+                _remove_case(cases_group, case.case_id)
+        root.attrs["case_ids"] = sorted(written)
+        root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: True}  # the last write
+        rows.sort(key=lambda r: (r.case_id, r.image, r.label))
+        write_quarantine(quarantine, rows)
+        _publish(partial, out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    log.info("%s: %d cases written to %s, %d quarantined (listed in %s)",
+             dataset, len(written), out, len(rows), quarantine)
+    if not written:
+        log.warning("%s: every case was quarantined; the store %s is empty (see %s)", dataset, out, quarantine)
+    return IngestReport(dataset, out, sorted(written), rows)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="study config (YAML)")
+    parser.add_argument("--dataset", required=True, help="name of the dataset entry in the config")
+    parser.add_argument("--out", required=True, help="dataset store to write (<name>.zarr)")
+    parser.add_argument("--quarantine", required=True, help="TSV of refused cases to write")
+
+
+def run(args) -> int:
+    from medpipe.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.dataset not in config["datasets"]:
+        log.error("%s: no dataset %r (known: %s)", args.config, args.dataset, ", ".join(config["datasets"]))
+        return 2
+    try:
+        ingest_dataset(args.dataset, config["datasets"][args.dataset], args.out, args.quarantine,
+                       config.get("ingest"))
+    except DatasetConfigError as exc:
+        log.error("%s: %s", args.config, exc)
+        return 2
+    return 0

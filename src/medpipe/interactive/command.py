@@ -1,0 +1,134 @@
+"""``medpipe eval2d`` and ``medpipe eval3d``: one model on one dataset, settings from the config.
+
+Both read the validated config snapshot, the dataset store and its split table, keep the
+model's image embeddings in an on-disk cache, and write tidy TSV tables atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from medpipe.config import load_config
+from medpipe.interactive import eval2d, grid
+from medpipe.interactive.embeddings import EmbeddingCache
+from medpipe.interactive.models import load_model, model_key, model_specs, pick_device
+from medpipe.interactive.predictor import BatchedPredictor
+from medpipe.interactive.tables import GRID, write_tsv
+from medpipe.store import DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+def split_cases(path, dataset: str, split: str) -> list[str]:
+    """Case ids of ``split`` in the split table at ``path`` (sorted, as in the table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split table does not exist")
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    missing = {"dataset", "case_id", "split"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: split table lacks columns {sorted(missing)}")
+    part = table[(table["dataset"] == dataset) & (table["split"] == split)]
+    return sorted(part["case_id"])
+
+
+def _common(parser) -> None:
+    parser.add_argument("--config", required=True, help="validated config snapshot (YAML)")
+    parser.add_argument("--model", required=True, help="model name (a key of `models` or `finetune.runs`)")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--store", required=True, help="the dataset's zarr store")
+    parser.add_argument("--splits", required=True, help="the dataset's split table (TSV)")
+    parser.add_argument("--cache", required=True, help="embedding cache folder (zarr) of this model and dataset")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when present)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+
+
+def _setup(args):
+    config = load_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = model_specs(config)
+    if args.model not in specs:
+        raise SystemExit(f"{args.config}: model {args.model!r} is not configured (known: {sorted(specs)})")
+    spec, seed = specs[args.model], int(config["seed"])
+    device = pick_device(args.device)
+    sam = load_model(spec, seed, device)
+    predictor = BatchedPredictor(sam, device, config["interactive"]["max_objects_per_call"])
+    cache = EmbeddingCache(args.cache, spec.name, model_key(spec, seed), predictor.img_size)
+    return config, predictor, cache, DatasetStore(args.store)
+
+
+def add_arguments_eval2d(parser) -> None:
+    _common(parser)
+    parser.add_argument("--start", nargs="+", choices=eval2d.STARTS, help="override interactive.starts")
+    parser.add_argument("--masks", nargs="+", choices=eval2d.MASKS, help="override interactive.masks")
+    parser.add_argument("--out", required=True, help="per-object, per-iteration table (TSV)")
+
+
+def run_eval2d(args) -> int:
+    config, predictor, cache, store = _setup(args)
+    section = config["interactive"]
+    cases = split_cases(args.splits, args.dataset, section["split2d"])
+    if not cases:
+        raise SystemExit(f"{args.splits}: dataset {args.dataset} has no {section['split2d']!r} cases")
+    table = eval2d.evaluate_dataset(
+        predictor, cache, store, cases, args.model,
+        starts=args.start or section["starts"], masks_settings=args.masks or section["masks"],
+        seeds=section["seeds"], n_iterations=section["n_iterations"], min_object_px=section["min_object_px"],
+    )
+    write_tsv(table, args.out)
+    log.info("%s: %d rows, %d images, %d encoder passes", args.out, len(table), len(cases), cache.computed)
+    return 0
+
+
+def add_arguments_eval3d(parser) -> None:
+    _common(parser)
+    parser.add_argument("--out-dir", required=True, help="folder for grid.tsv, selected.tsv, test.tsv, oracle.tsv")
+    parser.add_argument("--iou-thresholds", nargs="+", type=float, help="override the grid (e.g. one grid point)")
+    parser.add_argument("--projections", nargs="+", help="override the grid")
+    parser.add_argument("--box-extensions", nargs="+", type=float, help="override the grid")
+    parser.add_argument("--grid-only", action="store_true", help="only evaluate the grid on validation volumes")
+
+
+def run_eval3d(args) -> int:
+    config, predictor, cache, store = _setup(args)
+    section = config["interactive"]["grid3d"]
+    points = grid.make_grid(args.iou_thresholds or section["iou_thresholds"], args.projections or section["projections"],
+                            args.box_extensions or section["box_extensions"])
+    starts, seeds = config["interactive"]["starts3d"], config["interactive"]["seeds"]
+    min_px = config["interactive"]["min_object_px"]
+    out = Path(args.out_dir)
+    val_cases = split_cases(args.splits, args.dataset, "val")
+    test_cases = split_cases(args.splits, args.dataset, "test")
+    if not val_cases:
+        raise SystemExit(f"{args.splits}: dataset {args.dataset} has no validation volumes for the 3D grid search")
+    with_oracle = section["oracle"] and not args.grid_only
+    frames = [grid.evaluate_split(predictor, cache, store, val_cases, "val", points, starts, seeds, args.model, min_px)]
+    if with_oracle:
+        frames.append(grid.evaluate_split(predictor, cache, store, test_cases, "test", points, starts, seeds, args.model, min_px))
+    table = pd.concat(frames, ignore_index=True)
+    write_tsv(table, out / "grid.tsv")
+    if args.grid_only:
+        return 0
+    chosen = grid.select_setting(table[table["split"] == "val"])
+    chosen.insert(0, "model", args.model)
+    chosen.insert(1, "dataset", args.dataset)
+    if with_oracle:
+        test = table[table["split"] == "test"]
+    else:  # only the chosen settings run on the test volumes
+        test = pd.concat([
+            grid.evaluate_split(predictor, cache, store, test_cases, "test",
+                                grid.make_grid([r.iou_threshold], [r.projection], [r.box_extension]), [r.start], seeds,
+                                args.model, min_px)
+            for r in chosen.itertuples()], ignore_index=True)
+    write_tsv(chosen, out / "selected.tsv")
+    write_tsv(grid.apply_selection(test, chosen), out / "test.tsv")
+    oracle = grid.oracle(test) if with_oracle else test.iloc[:0].assign(result=grid.ORACLE_LABEL)
+    write_tsv(oracle, out / "oracle.tsv")
+    log.info("3D %s/%s: chose %s; %d encoder passes", args.model, args.dataset,
+             chosen[["start", *GRID]].to_dict("records"), cache.computed)
+    return 0

@@ -1,0 +1,59 @@
+"""Tidy result tables of the interactive evaluation: columns, atomic writing, completeness checks.
+
+One row per object and iteration (2D) or per object and grid point (3D), always keyed by
+dataset, case id, class and object, never by position in a list, so two models' results are
+paired by what they describe (SPEC 3.8).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS_2D = ["dataset", "case", "class_id", "class", "object", "start", "masks", "iteration", "dice", "seed", "model"]
+KEYS_2D = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
+COLUMNS_3D = ["dataset", "split", "case", "class_id", "class", "object", "z_start", "start", "iou_threshold",
+              "projection", "box_extension", "dice", "n_slices", "seed", "model"]
+KEYS_3D = ["dataset", "case", "class_id", "object", "start", "seed"]
+GRID = ["iou_threshold", "projection", "box_extension"]
+
+
+class MissingResultError(RuntimeError):
+    """A result the protocol must have produced is absent (never silently shift a pairing)."""
+
+
+def write_tsv(frame: pd.DataFrame, path) -> Path:
+    """Write ``frame`` as TSV atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_tsv(path, columns=None) -> pd.DataFrame:
+    """Read a result table; ``columns`` that must be present are checked, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingResultError(f"{path}: result table does not exist")
+    frame = pd.read_csv(path, sep="\t", dtype={"case": str})
+    missing = [c for c in (columns or []) if c not in frame.columns]
+    if missing:
+        raise MissingResultError(f"{path}: result table lacks columns {missing}")
+    return frame
+
+
+def check_complete(frame: pd.DataFrame, expected: pd.DataFrame, keys: list[str], where: str) -> None:
+    """Raise unless every key row of ``expected`` appears in ``frame`` exactly once."""
+    dup = frame.duplicated(keys)
+    if dup.any():
+        raise MissingResultError(f"{where}: {int(dup.sum())} duplicated result rows, e.g. {frame[dup].iloc[0][keys].to_dict()}")
+    merged = expected[keys].merge(frame[keys], on=keys, how="left", indicator=True)
+    absent = merged[merged["_merge"] == "left_only"]
+    if len(absent):
+        raise MissingResultError(
+            f"{where}: {len(absent)} expected results are missing, e.g. {absent.iloc[0][keys].to_dict()}"
+        )

@@ -1,0 +1,207 @@
+"""The prompt rules of the study, shared by finetuning (Alg. 1) and interactive evaluation.
+
+Training and evaluation must derive prompts from masks in exactly the same way, otherwise a model
+is evaluated on prompts it never saw; so the rules live here, once, and both stages import them.
+
+Conventions (those of ``segment_anything``):
+- a mask is a 2D boolean (or 0/1) array indexed ``[row, col]`` = ``[y, x]``;
+- a point is ``(x, y)`` in pixel units of the mask's frame (integer pixel indices);
+- a box is ``(x0, y0, x1, y1)`` with exclusive upper corner, i.e. the box spans the pixel edges of
+  the object (pixels ``x0 .. x1-1``), as in COCO / SA-1B boxes;
+- point labels: 1 positive, 0 negative, -1 "no point" (``segment_anything`` ignores it).
+
+Every random rule takes a ``numpy.random.Generator``, so a caller that seeds its generator gets the
+same prompts on every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+#: grow the object's bbox by this many pixels for the negative-point fallback ring
+RING_GROW_PX = 3
+#: label of a padding point that ``segment_anything`` ignores
+NO_POINT = -1
+
+
+def _as_bool(mask) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2D mask, got shape {mask.shape}")
+    return mask.astype(bool, copy=False)
+
+
+def tight_bbox(mask) -> np.ndarray:
+    """The tight box ``(x0, y0, x1, y1)`` (upper corner exclusive) around the object's pixels."""
+    mask = _as_bool(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("tight_bbox: the mask is empty")
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.int64)
+
+
+def distort_box(box, shape: tuple[int, int], rng: np.random.Generator, factor: float = 0.025) -> np.ndarray:
+    """Push each side of ``box`` outward by U(0, factor) x the box's side length (Alg. 1 box noise).
+
+    The left/right sides move by a fraction of the width, top/bottom by a fraction of the height;
+    the result is clipped to the image ``shape`` = (H, W). ``factor = 0`` returns the box unchanged.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width, height = x1 - x0, y1 - y0
+    u = rng.uniform(0.0, factor, size=4) if factor > 0 else np.zeros(4)
+    out = np.array([x0 - u[0] * width, y0 - u[1] * height, x1 + u[2] * width, y1 + u[3] * height])
+    out[[0, 2]] = np.clip(out[[0, 2]], 0, shape[1])
+    out[[1, 3]] = np.clip(out[[1, 3]], 0, shape[0])
+    return out
+
+
+def sample_point_inside(mask, rng: np.random.Generator) -> np.ndarray:
+    """One pixel ``(x, y)`` drawn uniformly from the mask's pixels (the Alg. 1 initial point)."""
+    mask = _as_bool(mask)
+    flat = np.flatnonzero(mask)
+    if flat.size == 0:
+        raise ValueError("sample_point_inside: the mask is empty")
+    row, col = divmod(int(flat[rng.integers(flat.size)]), mask.shape[1])
+    return np.array([col, row], dtype=np.int64)
+
+
+def center_point(mask) -> np.ndarray:
+    """The object's centre ``(x, y)``: the maximum of its Euclidean distance transform.
+
+    The image border counts as background, so an object touching the border has its centre
+    inside, not on the border. Ties go to the first maximum in row-major order (deterministic).
+    """
+    mask = _as_bool(mask)
+    if not mask.any():
+        raise ValueError("center_point: the mask is empty")
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(dist)), mask.shape)
+    return np.array([col, row], dtype=np.int64)
+
+
+def _pick(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    flat = np.flatnonzero(region)
+    row, col = divmod(int(flat[rng.integers(flat.size)]), region.shape[1])
+    return np.array([col, row], dtype=np.int64)
+
+
+def bbox_ring(mask, grow: int = RING_GROW_PX) -> np.ndarray:
+    """Pixels of the object's tight bbox grown by ``grow`` px on each side, minus the object."""
+    mask = _as_bool(mask)
+    x0, y0, x1, y1 = tight_bbox(mask)
+    ring = np.zeros_like(mask)
+    ring[max(y0 - grow, 0) : y1 + grow, max(x0 - grow, 0) : x1 + grow] = True
+    return ring & ~mask
+
+
+def correction_points(gt, pred, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One positive and one negative correction point for a predicted mask (Alg. 1 lines 27-28).
+
+    Positive: uniform from the false negatives ``gt & ~pred``; fallback: the true positives
+    (then the prediction already covers the object). Negative: uniform from the false positives
+    ``pred & ~gt``; fallbacks: the ring of the bbox grown by 3 px minus the object, then any
+    background pixel; if the object fills the whole image there is no negative point and its
+    label is -1 (ignored by SAM). Returns ``coords`` (2, 2) as ``(x, y)`` and ``labels`` (2,).
+    """
+    gt, pred = _as_bool(gt), _as_bool(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"correction_points: gt shape {gt.shape} != prediction shape {pred.shape}")
+    if not gt.any():
+        raise ValueError("correction_points: the ground-truth mask is empty")
+    false_neg = gt & ~pred
+    positive = _pick(false_neg if false_neg.any() else gt & pred, rng)
+    label = 0
+    false_pos = pred & ~gt
+    if false_pos.any():
+        negative = _pick(false_pos, rng)
+    else:
+        ring = bbox_ring(gt)
+        background = ring if ring.any() else ~gt
+        if background.any():
+            negative = _pick(background, rng)
+        else:
+            negative, label = np.zeros(2, dtype=np.int64), NO_POINT
+    return np.stack([positive, negative]), np.array([1, label], dtype=np.int64)
+
+
+def initial_prompts(
+    masks, rng: np.random.Generator, use_box: bool, box_distortion: float = 0.0, center: bool = False
+) -> dict:
+    """Initial prompts for a stack of object masks (N, H, W): boxes or one positive point each.
+
+    ``use_box``: tight bbox, distorted by ``box_distortion`` (Alg. 1 training uses 0.025,
+    evaluation 0). Otherwise one point: uniform inside the object (training) or its centre
+    (``center=True``, evaluation). Returns a dict with ``boxes`` (N, 4) float or ``None`` and
+    ``points`` (N, 1, 2) / ``labels`` (N, 1) int or ``None``, ready for ``as_torch_prompts``.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"initial_prompts: expected masks (N, H, W), got shape {masks.shape}")
+    shape = masks.shape[1:]
+    if use_box:
+        boxes = np.stack([distort_box(tight_bbox(m), shape, rng, box_distortion) for m in masks])
+        return {"boxes": boxes, "points": None, "labels": None}
+    pick = (lambda m: center_point(m)) if center else (lambda m: sample_point_inside(m, rng))
+    points = np.stack([pick(m) for m in masks])[:, None, :]
+    return {"boxes": None, "points": points, "labels": np.ones((len(masks), 1), dtype=np.int64)}
+
+
+def add_correction_points(prompts: dict, gt, pred, rng: np.random.Generator) -> dict:
+    """Append one positive and one negative correction point per object; the box stays.
+
+    ``gt`` and ``pred`` are (N, H, W) boolean stacks; objects are processed in order, so the draws
+    of a seeded generator are reproducible. Returns a new prompt dict (points accumulate).
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    new = [correction_points(g, p, rng) for g, p in zip(gt, pred)]
+    coords = np.stack([c for c, _ in new])
+    labels = np.stack([lab for _, lab in new])
+    if prompts.get("points") is not None:
+        coords = np.concatenate([prompts["points"], coords], axis=1)
+        labels = np.concatenate([prompts["labels"], labels], axis=1)
+    return {"boxes": prompts.get("boxes"), "points": coords, "labels": labels}
+
+
+def as_torch_prompts(prompts: dict, device) -> tuple:
+    """``(points, boxes)`` in the form ``PromptEncoder.forward`` takes: ``((coords, labels) | None, boxes | None)``."""
+    points = None
+    if prompts.get("points") is not None:
+        points = (
+            torch.as_tensor(prompts["points"], dtype=torch.float32, device=device),
+            torch.as_tensor(prompts["labels"], dtype=torch.int64, device=device),
+        )
+    boxes = None
+    if prompts.get("boxes") is not None:
+        boxes = torch.as_tensor(prompts["boxes"], dtype=torch.float32, device=device)
+    return points, boxes
+
+
+def uses_multimask(prompts: dict) -> bool:
+    """SAM's 3-mask head is used exactly when the prompt is a single point and nothing else."""
+    points = prompts.get("points")
+    return prompts.get("boxes") is None and points is not None and points.shape[1] == 1
+
+
+def select_best(masks: torch.Tensor, iou_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per object, the output with the highest predicted IoU: masks (N, M, H, W) -> (N, 1, H, W).
+
+    Returns the selected masks and the chosen indices (N,). With a single output (M = 1) this is
+    the identity.
+    """
+    best = torch.argmax(iou_pred, dim=1)
+    index = best.view(-1, 1, 1, 1).expand(-1, 1, *masks.shape[2:])
+    return torch.gather(masks, 1, index), best
+
+
+def empty_mask_prompt(n: int, size: tuple[int, int], device=None) -> torch.Tensor:
+    """An all-zero low-res mask prompt (N, 1, h, w): the first step when mask prompts are on."""
+    return torch.zeros((n, 1, *size), dtype=torch.float32, device=device)
+
+
+def mask_prompt_from(low_res_best: torch.Tensor) -> torch.Tensor:
+    """The next step's mask prompt: the previous best low-res logits, detached (no gradient flows
+    back through the prompt, as in SAM's training)."""
+    return low_res_best.detach().float()

@@ -1,0 +1,126 @@
+"""Build SAM models from ``segment_anything`` classes and load checkpoints strictly.
+
+Every model of the study is a plain ``segment_anything.Sam`` so that what we train, export and
+evaluate is exactly what the SAM library (and the tools built on it) loads. Besides SAM's ViT-b/l/h
+there is a ``tiny`` type: the same classes and the same module tree and state-dict keys, with small
+dims and a 256 px input, so the demo and the tests run on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+log = logging.getLogger(__name__)
+
+#: label written into every output that comes from a model without pretrained weights
+RANDOM_INIT = "random-init"
+SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+MODEL_TYPES = SAM_TYPES + ("tiny",)
+
+# The tiny SAM: 256 px input, 16 px patches -> 16x16 token grid, 8x8 attention windows.
+TINY = dict(img_size=256, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8,
+            prompt_embed_dim=64, decoder_mlp_dim=256, decoder_heads=4, iou_hidden=64)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, not a SAM state dict, or does not match the model."""
+
+
+def checkpoint_label(checkpoint) -> str:
+    """How a base checkpoint is named in outputs: its path, or ``random-init`` for none."""
+    return RANDOM_INIT if checkpoint in (None, "", RANDOM_INIT) else str(checkpoint)
+
+
+def build_tiny_sam() -> Sam:
+    """A small SAM built from the ``segment_anything`` classes with SAM's module tree and keys."""
+    t = TINY
+    grid = t["img_size"] // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=t["depth"],
+            embed_dim=t["embed_dim"],
+            img_size=t["img_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=t["num_heads"],
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=t["global_attn_indexes"],
+            window_size=t["window_size"],
+            out_chans=t["prompt_embed_dim"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=t["prompt_embed_dim"],
+            image_embedding_size=(grid, grid),
+            input_image_size=(t["img_size"], t["img_size"]),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=t["prompt_embed_dim"], mlp_dim=t["decoder_mlp_dim"], num_heads=t["decoder_heads"]
+            ),
+            transformer_dim=t["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=t["iou_hidden"],
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Read a flat SAM state dict with ``torch.load(weights_only=True)`` (checkpoints are pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    if "model_state" in state:
+        raise CheckpointError(f"{path}: this is a training checkpoint; run `medpipe export` on it first")
+    return state
+
+
+def load_strict(sam: Sam, path) -> Sam:
+    """Load a state dict into ``sam`` with strict keys and shapes; errors name the file and keys."""
+    state = read_state_dict(path)
+    missing = sorted(set(sam.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(sam.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: keys do not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: tensor shapes do not match the model ({exc})") from exc
+    return sam
+
+
+def build_sam(model_type: str, checkpoint=None, device="cpu") -> Sam:
+    """A ``segment_anything.Sam`` of ``model_type`` (vit_b, vit_l, vit_h, tiny).
+
+    ``checkpoint`` is a path to a flat SAM state dict, loaded strictly, or ``None`` for random
+    init (named ``random-init`` in outputs). The model is returned in eval mode on ``device``.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type](checkpoint=None)
+    if checkpoint_label(checkpoint) != RANDOM_INIT:
+        load_strict(sam, checkpoint)
+        log.info("built %s SAM from %s", model_type, checkpoint)
+    else:
+        log.info("built %s SAM with random init (%s)", model_type, RANDOM_INIT)
+    return sam.to(device).eval()

@@ -1,0 +1,96 @@
+"""A placeholder raw tree for a study config, and dry runs of the workflow on it.
+
+Why: `snakemake -n` on the paper's study (config/study.yaml) must build the whole DAG without the
+real data. Every dataset's `images`/`labels` glob gets a few empty files that match it, every base
+checkpoint an empty file; the config copy points at them. Used by tests/test_dag.py and
+benchmarks/dryrun.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STUDY = REPO_ROOT / "config" / "study.yaml"
+DATA_PLACEHOLDER = "/path/to/data"
+CHECKPOINT_PLACEHOLDER = "/path/to/checkpoints"
+
+
+def case_names(n: int) -> list[str]:
+    """Names that satisfy the study's case/patient regexes (`P_00001_..`, `TCGA_..`, `patient0001_..`)."""
+    return [f"{i:04d}_c{i}" for i in range(n)]
+
+
+def _fill(pattern: str, name: str) -> str:
+    if pattern.count("*") != 1 or any(c in pattern for c in "?["):
+        raise ValueError(f"{pattern}: placeholder trees support globs with exactly one `*`")
+    return pattern.replace("*", name)
+
+
+def placeholder_config(root: Path, cases_per_dataset: int = 2, study: Path = STUDY) -> tuple[Path, dict]:
+    """Write a copy of ``study`` under ``root`` whose paths point at a generated placeholder tree.
+
+    Returns the config path and the (unvalidated) config. Each dataset gets ``cases_per_dataset``
+    empty image and label files matching its globs; each model checkpoint an empty file.
+    """
+    text = study.read_text()
+    data_root, ckpt_root = root / "data", root / "checkpoints"
+    text = text.replace(DATA_PLACEHOLDER, str(data_root)).replace(CHECKPOINT_PLACEHOLDER, str(ckpt_root))
+    config = yaml.safe_load(text)
+    names = case_names(cases_per_dataset)
+    for dataset, spec in config["datasets"].items():
+        for key in ("images", "labels"):
+            for name in names:
+                path = Path(_fill(spec[key], name))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            found = glob.glob(spec[key])
+            if len(found) != cases_per_dataset:
+                raise AssertionError(f"{dataset}.{key}: {spec[key]} matches {len(found)} placeholder files, "
+                                     f"expected {cases_per_dataset}")
+    for model in (config.get("models") or {}).values():
+        if model.get("checkpoint"):
+            path = Path(model["checkpoint"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, config
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``configfile`` in ``workdir`` (targets may go in ``args``)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir),
+               *args, "--configfile", str(configfile)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `job  count` table Snakemake prints for a dry run, without its `total` line."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if re.match(r"^job\s+count\s*$", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] == "total":
+                    break
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def timed_dry_run(workdir: Path, configfile: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    result = snakemake(workdir, configfile, "-n", "--quiet", "rules", *args)
+    return time.perf_counter() - start, result

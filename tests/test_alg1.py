@@ -1,0 +1,253 @@
+"""Every rule of Alg. 1 on hand-built inputs: losses, the iteration's structure, sampling, presets."""
+
+import numpy as np
+import pytest
+import torch
+
+from medpipe.finetune import objective as O
+from medpipe.finetune.data import IterationBatches, collate, instances_from_semantic, make_sample
+from medpipe.finetune.settings import PRESETS, SettingsError, fingerprint, resolve_run
+from medpipe.finetune.trainer import iteration_draws, lr_factor
+
+
+def test_dice_loss_hand_computed():
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    half = torch.full((1, 1, 2, 2), 0.5)
+    # 1 - 2 * (0.5 + 0.5) / (4 * 0.25 + 2) = 1 - 2/3
+    assert O.dice_loss(half, target).item() == pytest.approx(1 / 3)
+    assert O.dice_loss(target, target).item() == pytest.approx(0.0)
+    assert O.dice_loss(1 - target, target).item() == pytest.approx(1.0)
+
+
+def test_mask_iou_hand_computed():
+    pred = torch.tensor([[[[1, 1], [1, 0]]]], dtype=torch.bool)
+    target = torch.tensor([[[[1, 0], [1, 1]]]], dtype=torch.bool)
+    assert O.mask_iou(pred, target).item() == pytest.approx(2 / 4)
+
+
+def test_step_losses_best_of_three_and_iou_over_all_outputs():
+    target = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    big = 20.0
+    perfect = torch.where(target[0, 0] > 0, big, -big)
+    logits = torch.stack([torch.zeros(2, 2), perfect, torch.full((2, 2), big)])[None]  # (1, 3, 2, 2)
+    iou_pred = torch.tensor([[0.2, 0.5, 0.9]])
+    mask_loss, iou_loss = O.step_losses(logits, iou_pred, target)
+    assert mask_loss.item() == pytest.approx(0.0, abs=1e-6)  # the perfect output is the best of three
+    # true IoUs of the binarised outputs: zeros -> 0 (logits 0 are not > 0), perfect -> 1, all -> 2/4
+    expected = ((0.2 - 0.0) ** 2 + (0.5 - 1.0) ** 2 + (0.9 - 0.5) ** 2) / 3
+    assert iou_loss.item() == pytest.approx(expected)
+    # a single output: its own Dice loss, no minimum over alternatives
+    mask_loss1, _ = O.step_losses(logits[:, :1], iou_pred[:, :1], target)
+    assert mask_loss1.item() == pytest.approx(1 / 3)
+
+
+class FakeSam:
+    """Records decoder calls; the prompt encoder gives an embedding grid of 4x4 (low-res 16x16)."""
+
+    class prompt_encoder:  # noqa: N801 - mimics the attribute of Sam
+        image_embedding_size = (4, 4)
+
+
+def test_alg1_iteration_structure(monkeypatch):
+    """1 + n_steps decoder calls per image, multimask only for a lone point, 2 points added per
+    step, mask prompts zero then the previous best low-res logits, loss averaged over steps."""
+    size = 16
+    masks = torch.zeros(2, 2, size, size)
+    masks[:, 0, 2:6, 2:6] = 1
+    masks[:, 1, 8:14, 9:15] = 1
+    calls = []
+    step_logits = [torch.full((2, 3, size, size), -5.0), torch.full((2, 1, size, size), 5.0),
+                   torch.full((2, 1, size, size), 0.0)]
+
+    def fake_decode(sam, embedding, prompt, mask_input, multimask, out_size):
+        step = len(calls) // 2  # two images per step
+        calls.append({"image": len(calls) % 2, "prompt": prompt, "mask": mask_input, "multimask": multimask})
+        logits = step_logits[step]
+        m = logits.shape[1]
+        low = torch.arange(2 * m * 16 * 16, dtype=torch.float32).view(2, m, 16, 16) + 1000 * step
+        iou = torch.tensor([[0.1, 0.7, 0.2][:m]] * 2) if m == 3 else torch.full((2, 1), 0.5)
+        return logits, low, iou
+
+    monkeypatch.setattr(O, "decode", fake_decode)
+    rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+    out = O.alg1_loss(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=False, use_mask=True,
+                      n_steps=2, box_distortion=0.025)
+    assert len(calls) == 6
+    assert [c["multimask"] for c in calls] == [True, True, False, False, False, False]
+    assert [c["prompt"]["points"].shape[1] for c in calls] == [1, 1, 3, 3, 5, 5]
+    assert all(c["prompt"]["boxes"] is None for c in calls)
+    assert torch.all(calls[0]["mask"] == 0) and calls[0]["mask"].shape == (2, 1, 16, 16)
+    # step 1 gets the low-res logits of output 1 (highest predicted IoU 0.7) of step 0
+    low0 = torch.arange(2 * 3 * 256, dtype=torch.float32).view(2, 3, 16, 16)
+    assert torch.equal(calls[2]["mask"], low0[:, 1:2])
+    # the hand-computed loss: each step's (mask + iou) loss, averaged over the 3 steps
+    target = masks.flatten(0, 1)[:, None]
+    expected_mask, expected_iou = 0.0, 0.0
+    for step, logits in enumerate(step_logits):
+        iou = torch.tensor([[0.1, 0.7, 0.2]] * 4) if step == 0 else torch.full((4, 1), 0.5)
+        mk, io = O.step_losses(torch.cat([logits, logits]), iou, target)
+        expected_mask += mk.item() / 3
+        expected_iou += io.item() / 3
+    assert out["mask_loss"].item() == pytest.approx(expected_mask)
+    assert out["iou_loss"].item() == pytest.approx(expected_iou)
+    assert out["loss"].item() == pytest.approx(expected_mask + expected_iou)
+    # with a box and no mask prompt: box kept through the steps, no multimask, mask input None
+    calls.clear()
+    O.alg1_loss(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=True, use_mask=False, n_steps=1,
+                box_distortion=0.0)
+    assert [c["multimask"] for c in calls] == [False] * 4 and all(c["mask"] is None for c in calls)
+    assert calls[0]["prompt"]["boxes"].tolist() == [[2, 2, 6, 6], [9, 8, 15, 14]]
+    assert calls[2]["prompt"]["boxes"].tolist() == [[2, 2, 6, 6], [9, 8, 15, 14]]
+    assert calls[2]["prompt"]["points"].shape == (2, 2, 2)
+
+
+def test_alg1_on_tiny_sam_backpropagates():
+    from medpipe.sam import build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny").train()
+    masks = torch.zeros(1, 2, 256, 256)
+    masks[0, 0, 20:80, 30:90] = 1
+    masks[0, 1, 150:200, 100:220] = 1
+    images = torch.randn(1, 3, 256, 256)
+    out = O.alg1_loss(sam, sam.image_encoder(images), masks, [np.random.default_rng(0)], use_box=False,
+                      use_mask=True, n_steps=1, box_distortion=0.025)
+    out["loss"].backward()
+    assert 0 < out["mask_loss"].item() <= 1
+    assert sam.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert sam.prompt_encoder.mask_downscaling[0].weight.grad is not None
+
+
+def test_instances_are_components_per_class():
+    label = np.zeros((10, 10), np.uint8)
+    label[1:4, 1:4] = 1  # 9 px
+    label[1:4, 4:6] = 2  # touches class 1 but is another object (6 px)
+    label[7:9, 7:9] = 1  # 4 px, a second component of class 1
+    label[0, 9] = 2  # 1 px
+    inst, n = instances_from_semantic(label, min_px=2)
+    assert n == 3
+    assert len(np.unique(inst[1:4, 1:4])) == 1 and inst[1, 1] != inst[1, 4] != inst[7, 7]
+    assert inst[0, 9] == 0  # below min size
+    assert instances_from_semantic(label, min_px=5)[1] == 2
+
+
+def _label_with(objects: int, size: int = 32) -> np.ndarray:
+    label = np.zeros((size, size), np.uint8)
+    for i in range(objects):
+        label[2 + 6 * i : 6 + 6 * i, 2:8] = 1
+    return label
+
+
+def test_n_obj_sampling_without_replacement():
+    image = np.random.default_rng(0).normal(size=(32, 32))
+    rng = np.random.default_rng(0)
+    kwargs = dict(patch_size=32, input_size=64, min_object_px=4, flips=True)
+    seen = set()
+    for _ in range(20):
+        sample = make_sample(image, _label_with(4), rng, n_obj=2, **kwargs)
+        masks = sample["masks"]
+        assert masks.shape == (2, 64, 64)
+        assert not torch.any(masks[0].bool() & masks[1].bool())  # two distinct objects
+        seen.add(tuple(int(m.nonzero()[0, 0]) for m in masks))
+        assert int(sample["foreground"].sum()) == 4 * 24 * 4  # union of all 4 objects, not only the sampled 2
+    assert len(seen) > 3  # different objects get drawn
+    assert make_sample(image, _label_with(3), rng, n_obj=5, **kwargs)["masks"].shape[0] == 3  # fewer if fewer
+    with pytest.raises(Exception, match="no object"):
+        make_sample(image, np.zeros((32, 32), np.uint8), rng, n_obj=5, **kwargs)
+
+
+def test_sample_crop_flip_and_foreground():
+    label = np.zeros((40, 100), np.uint8)
+    label[10:20, 60:70] = 1
+    image = np.where(label > 0, 1000.0, 0.0)
+    sample = make_sample(image, label, np.random.default_rng(1), patch_size=32, input_size=64, n_obj=5,
+                         min_object_px=4, flips=True)
+    assert sample["image"].shape == (3, 64, 64)
+    fg = sample["foreground"][0].bool()
+    assert torch.equal(fg, sample["masks"][0].bool())  # one object: foreground == its mask
+    assert int(fg.sum()) == 400  # 10x10 object fully inside the 32x32 crop, x2 resize
+
+
+def test_collate_cuts_to_smallest_object_count_and_batches_shard():
+    def sample(k, pos):
+        return {"image": torch.zeros(3, 8, 8), "masks": torch.ones(k, 8, 8), "foreground": torch.zeros(1, 8, 8),
+                "position": pos}
+
+    batch = collate([sample(5, 0), sample(2, 1)])
+    assert batch["masks"].shape == (2, 2, 8, 8) and batch["position"].tolist() == [0, 1]
+    single = list(IterationBatches(3, 5, batch_size=4))
+    ranks = [list(IterationBatches(3, 5, batch_size=2, rank=r, world_size=2)) for r in range(2)]
+    assert single == [[12, 13, 14, 15], [16, 17, 18, 19]]
+    assert ranks[0] == [[12, 13], [16, 17]] and ranks[1] == [[14, 15], [18, 19]]
+
+
+def test_empirical_p_box_p_mask_frequencies():
+    draws = np.array([iteration_draws(7, it, 0.3, 0.5) for it in range(4000)])
+    assert draws[:, 0].mean() == pytest.approx(0.3, abs=0.03)
+    assert draws[:, 1].mean() == pytest.approx(0.5, abs=0.03)
+    assert np.all(np.array([iteration_draws(7, it, 1.0, 0.0) for it in range(200)]) == [True, False])
+    assert iteration_draws(7, 11, 0.3, 0.5) == iteration_draws(7, 11, 0.3, 0.5)  # reproducible per iteration
+
+
+def test_schedule_decays():
+    assert [lr_factor(i, 0.9, 10) for i in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.9, 0.81])
+
+
+def _config(**run):
+    return {"models": {"sam_tiny": {"type": "tiny", "checkpoint": None}, "sam": {"type": "vit_b", "checkpoint": "/w/sam.pth"}},
+            "finetune": {"presets": PRESETS, "defaults": {"iterations": 30}, "runs": {"r": run}}}
+
+
+def test_presets_map_to_the_right_knobs():
+    medsam = resolve_run(_config(base="sam", preset="medsam"), "r")
+    assert (medsam["n_steps"], medsam["p_box"], medsam["p_mask"], medsam["e_sem"]) == (0, 1.0, 0.0, False)
+    assert medsam["lr"] == 5e-5 and medsam["model_type"] == "vit_b" and medsam["iterations"] == 30
+    assert medsam["corpus_variant"] == "p60" and medsam["checkpoint"] == "/w/sam.pth"
+    simple = resolve_run(_config(base="sam", preset="simpleft"), "r")
+    assert (simple["n_steps"], simple["p_box"], simple["p_mask"], simple["e_sem"]) == (0, 0.5, 0.0, False)
+    p60 = resolve_run(_config(base="sam", preset="medicosam_p60"), "r")
+    assert (p60["n_steps"], p60["p_box"], p60["p_mask"], p60["e_sem"], p60["corpus_variant"]) == (8, 0.5, 0.0, False, "p60")
+    full = resolve_run(_config(base="sam_tiny", preset="medicosam_full", iterations=5), "r")
+    assert (full["n_steps"], full["p_box"], full["p_mask"], full["e_sem"], full["lr"]) == (8, 0.5, 0.5, True, 1e-5)
+    assert full["iterations"] == 5 and full["checkpoint"] is None and full["n_obj"] == 5
+    with pytest.raises(SettingsError, match="unknown preset"):
+        resolve_run(_config(base="sam", preset="nope"), "r")
+    with pytest.raises(SettingsError, match="unknown base"):
+        resolve_run(_config(base="nope", preset="medsam"), "r")
+    # the resume fingerprint ignores the iteration count but not the objective
+    assert fingerprint({**full, "iterations": 99}) == fingerprint(full)
+    assert fingerprint({**full, "p_box": 0.4}) != fingerprint(full)
+
+
+def test_validation_prompt_kinds():
+    masks = np.zeros((1, 20, 20), bool)
+    masks[0, 5:10, 5:10] = True
+    rng = np.random.default_rng(0)
+    point = O.validation_prompts(masks, rng, "point")
+    assert point["points"].shape == (1, 1, 2) and point["boxes"] is None
+    box = O.validation_prompts(masks, rng, "box")
+    assert box["boxes"].tolist() == [[5, 5, 10, 10]]
+    points = O.validation_prompts(masks, rng, "points")
+    assert points["labels"].tolist() == [[1, 1, 0, 1, 0]] and points["boxes"] is None
+    both = O.validation_prompts(masks, rng, "box+points")
+    assert both["labels"].tolist() == [[1, 0]] and both["boxes"] is not None
+    with pytest.raises(ValueError, match="unknown validation"):
+        O.validation_prompts(masks, rng, "mask")
+
+
+def test_schema_defaults_match_code_and_demo_runs_resolve(repo_root):
+    from medpipe.config import load_config, schema
+    from medpipe.finetune.settings import KNOB_DEFAULTS
+
+    section = schema()["properties"]["finetune"]["properties"]
+    assert section["defaults"]["default"] == KNOB_DEFAULTS
+    assert section["presets"]["default"] == PRESETS
+    config = load_config(repo_root / "config" / "config.yaml")
+    runs = {run: resolve_run(config, run) for run in config["finetune"]["runs"]}
+    presets = {s["preset"] for s in runs.values()}
+    assert {"medsam", "simpleft", "medicosam_full"} <= presets  # the demo trains the three strategies
+    for settings in runs.values():
+        assert settings["model_type"] == "tiny" and settings["checkpoint"] is None
+        for knob, value in PRESETS[settings["preset"]].items():
+            if knob != "corpus_variant":  # the demo trains every strategy on its full corpus
+                assert settings[knob] == value, (settings["run"], knob)

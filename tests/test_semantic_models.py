@@ -1,0 +1,191 @@
+"""SAM-UNETR 2D, MA-SAM 3D and Swin UNETR: shapes, parameter counts, adapters, positional embeddings."""
+
+import numpy as np
+import pytest
+import torch
+
+from medpipe.finetune.sem_decoder import decoder_for, save_decoder
+from medpipe.sam import build_sam
+from medpipe.semantic.ma_sam import Adapter3D, blockwise_predict, build_ma_sam
+from medpipe.semantic.posemb import interpolate_abs_pos, interpolate_rel_pos, resize_encoder
+from medpipe.semantic.sam_unetr import build_sam_unetr
+from medpipe.semantic.swin_unetr import build_swin_unetr, sliding_window_logits
+
+
+def _n(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture
+def sam():
+    torch.manual_seed(0)
+    return build_sam("tiny")
+
+
+def test_sam_unetr_shape_and_parameters(sam):
+    model = build_sam_unetr(sam, n_classes=4)
+    out = model(torch.randn(2, 3, 256, 256))
+    assert out.shape == (2, 4, 256, 256)
+    # the encoder is SAM's (shared, all its parameters); the decoder is the e_sem class with 4 outputs
+    assert model.encoder is sam.image_encoder
+    assert _n(model) == _n(sam.image_encoder) + _n(decoder_for(sam, out_channels=4))
+    head = model.decoder.head
+    assert head.weight.shape == (4, 16, 1, 1)  # tiny widths (64, 32, 16, 16): classifier on 16 channels
+
+
+def test_sam_unetr_vit_b_decoder_widths_follow_the_spec():
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        vit_b = sam_model_registry["vit_b"]()
+    decoder = decoder_for(vit_b, out_channels=3)
+    assert decoder.config == {"in_channels": 256, "out_channels": 3, "features": [512, 256, 128, 64], "scale": 16}
+    assert decoder.bottleneck[0].in_channels == 256 and decoder.bottleneck[0].out_channels == 512
+    assert [up.up.out_channels for up in decoder.ups] == [256, 128, 64, 64]
+
+
+def test_pretrained_decoder_init_copies_all_but_classifier(sam, tmp_path):
+    torch.manual_seed(1)
+    pretrained = decoder_for(sam, out_channels=1)
+    for p in pretrained.parameters():
+        torch.nn.init.normal_(p)
+    path = tmp_path / "run.decoder.pth"
+    save_decoder(pretrained, pretrained.state_dict(), path)
+    model = build_sam_unetr(sam, n_classes=3, decoder_file=path)
+    ref = pretrained.state_dict()
+    for key, value in model.decoder.state_dict().items():
+        if key.startswith("head."):
+            assert value.shape != ref[key].shape
+        else:
+            assert torch.equal(value, ref[key]), key
+    random = build_sam_unetr(build_sam("tiny"), n_classes=3)
+    assert not torch.equal(random.decoder.bottleneck[0].weight, ref["bottleneck.0.weight"])
+
+
+def test_pretrained_decoder_of_another_backbone_is_refused(sam, tmp_path):
+    from medpipe.finetune.sem_decoder import SemanticDecoder
+
+    other = SemanticDecoder(in_channels=32, out_channels=1, features=(64, 32, 16, 16), scale=16)
+    path = tmp_path / "other.decoder.pth"
+    save_decoder(other, other.state_dict(), path)
+    with pytest.raises(ValueError, match="other.decoder.pth: decoder in_channels 32"):
+        build_sam_unetr(sam, n_classes=3, decoder_file=path)
+
+
+def test_abs_pos_interpolation_hand_cases():
+    const = torch.full((1, 4, 4, 2), 3.0)
+    assert torch.allclose(interpolate_abs_pos(const, 8), torch.full((1, 8, 8, 2), 3.0))
+    # bicubic (Keys kernel, a = -0.75) of the ramp 0,1,2,3: output 3 <- source 1.25, taps 0..3 with weights
+    # (-0.10546875, 0.87890625, 0.26171875, -0.03515625) -> 1.296875; output 4 mirrors it -> 1.703125
+    ramp = torch.arange(4.0).view(1, 1, 4, 1).expand(1, 4, 4, 1)
+    up = interpolate_abs_pos(ramp, 8)
+    assert up.shape == (1, 8, 8, 1)
+    assert torch.allclose(up[0, 2, 3:5, 0], torch.tensor([1.296875, 1.703125]), atol=1e-5)
+    # linear rel-pos table 0..6 (length 2*4-1) -> 3 (2*2-1): j <- (j + 0.5) * 7 / 3 - 0.5
+    rel = torch.arange(7.0)[:, None].repeat(1, 3)
+    out = interpolate_rel_pos(rel, 3)
+    assert out.shape == (3, 3)
+    assert torch.allclose(out[:, 0], torch.tensor([2 / 3, 3.0, 16 / 3]), atol=1e-5)
+
+
+def test_resize_encoder_interpolates_instead_of_zeroing(sam):
+    encoder = sam.image_encoder
+    with torch.no_grad():
+        encoder.pos_embed.normal_()
+        global_attn = encoder.blocks[1].attn
+        global_attn.rel_pos_h.normal_()
+        window_attn = encoder.blocks[0].attn
+        window_before = window_attn.rel_pos_h.clone()
+    resize_encoder(encoder, 128)
+    assert encoder.img_size == 128
+    assert encoder.pos_embed.shape == (1, 8, 8, 64)
+    assert encoder.pos_embed.abs().sum() > 0  # the reference code left this at zero
+    assert global_attn.rel_pos_h.shape == (15, 32) and global_attn.rel_pos_h.abs().sum() > 0
+    assert torch.equal(window_attn.rel_pos_h, window_before)  # windows keep their size
+    assert encoder(torch.randn(1, 3, 128, 128)).shape == (1, 64, 8, 8)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
+        resize_encoder(encoder, 100)
+
+
+def test_ma_sam_shapes_and_adapter_parameters(sam):
+    n_classes = 3
+    model = build_ma_sam(sam, n_classes, input_size=64)
+    x = torch.randn(2, 3, 4, 64, 64)
+    assert model(x).shape == (2, n_classes, 4, 64, 64)
+    # two adapters per block, each LN(64) + Linear(64->32) + Conv3d(32,32,(3,1,1)) + Linear(32->64)
+    per_adapter = 2 * 64 + (64 * 32 + 32) + (32 * 32 * 3 + 32) + (32 * 64 + 64)
+    assert len(model.encoder.blocks) == 2
+    assert sum(p.numel() for p in model.adapter_parameters()) == 2 * 2 * per_adapter
+    # the original SAM is untouched (the 3D model works on a copy of the encoder)
+    assert sam.image_encoder.img_size == 256
+
+
+def test_ma_sam_with_silent_adapters_is_the_2d_encoder_per_slice(sam):
+    model = build_ma_sam(sam, 2, input_size=64)
+    for block in model.encoder.blocks:
+        for adapter in (block.adapter_attn, block.adapter_mlp):
+            torch.nn.init.zeros_(adapter.up.weight)
+            torch.nn.init.zeros_(adapter.up.bias)
+    reference = resize_encoder(build_sam("tiny").image_encoder, 64)
+    reference.load_state_dict({k.replace(".block.", "."): v for k, v in model.encoder.state_dict().items()
+                               if ".adapter_" not in k})
+    slices = torch.randn(3, 3, 64, 64)
+    for block in model.encoder.blocks:
+        block.depth = 3
+    assert torch.allclose(model.encoder(slices), reference(slices), atol=1e-5)
+
+
+def test_adapters_mix_slices_only_along_z():
+    torch.manual_seed(0)
+    adapter = Adapter3D(8)
+    x = torch.randn(1 * 5, 2, 2, 8)  # B=1, D=5
+    base = adapter(x, depth=5)
+    x2 = x.clone()
+    x2[0, 0, 0, 0] += 1.0  # change one channel of one token of slice 0 (LayerNorm ignores a constant shift)
+    diff = (adapter(x2, depth=5) - base).abs().sum(-1)
+    assert diff[0, 0, 0] > 0 and diff[1, 0, 0] > 0  # itself and the next slice (kernel 3 in z)
+    assert diff[2:].sum() == 0  # slices two away unaffected
+    assert diff[:2, 1:].sum() == 0 and diff[:2, 0, 1].sum() == 0  # no in-plane mixing
+
+
+def test_freeze_encoder_trains_only_adapters_decoder_and_head(sam):
+    model = build_ma_sam(sam, 2, input_size=64, freeze_encoder=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(1, 3, 2, 64, 64)).mean().backward()
+    opt.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed
+    assert all(".adapter_" in k or k.startswith(("decoder.", "head.")) for k in changed), changed
+    assert any(".adapter_" in k for k in changed)
+
+
+def test_blockwise_prediction_with_halo_equals_whole_volume():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 2, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+    volume = torch.randn(1, 11, 3, 3)
+    with torch.no_grad():
+        whole = conv(volume[None])[0]
+        blocks = blockwise_predict(conv, volume, depth=5, halo=1)
+    assert blocks.shape == (2, 11, 3, 3)
+    assert torch.allclose(blocks, whole, atol=1e-6)
+    with torch.no_grad():  # without a halo the block borders differ from the whole-volume result
+        no_halo = blockwise_predict(conv, volume, depth=5, halo=0)
+    assert not torch.allclose(no_halo, whole, atol=1e-6)
+    with pytest.raises(ValueError, match="no core slices"):
+        blockwise_predict(conv, volume, depth=2, halo=1)
+
+
+def test_swin_unetr_shapes_padding_and_feature_size():
+    torch.manual_seed(0)
+    model = build_swin_unetr(1, 3, spatial_dims=2, feature_size=12).eval()
+    with torch.no_grad():
+        out = sliding_window_logits(model, torch.randn(1, 1, 40, 70), roi=(64, 64))
+    assert out.shape == (1, 3, 40, 70)
+    with pytest.raises(ValueError, match=r"patch \(32, 64\): every side must be a multiple of 32 and >= 64"):
+        sliding_window_logits(model, torch.randn(1, 1, 40, 70), roi=(32, 64))
+    model3d = build_swin_unetr(1, 2, spatial_dims=3, feature_size=12).eval()
+    with torch.no_grad():
+        assert model3d(torch.randn(1, 1, 64, 64, 64)).shape == (1, 2, 64, 64, 64)
+    with pytest.raises(ValueError, match="divisible by 12"):
+        build_swin_unetr(1, 2, spatial_dims=3, feature_size=16)

@@ -1,0 +1,193 @@
+"""The SLURM execution path, on a real single-node SLURM (tests/slurm/cluster.py).
+
+Proves what a cluster user relies on: jobs reach the right partition with the GPUs they ask for
+(`--gpus=a100:N`), small jobs are grouped into one allocation, the demo study's jobs all finish
+through the executor plugin with the test profile, and a cancelled (preempted) finetune job
+resumes from its checkpoint when rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from slurm.cluster import slurm_cluster  # noqa: F401  (session fixture: the running cluster)
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILE = REPO_ROOT / "tests" / "slurm" / "profile"
+DATA_TARGETS = ["results/splits/corpus.tsv"]
+
+
+def _env(cluster) -> dict:
+    return {**cluster.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{cluster.env['PATH']}"}
+
+
+def snakemake_command(workdir: Path, *args: str, snakefile: Path = REPO_ROOT / "Snakefile") -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
+            "--profile", str(PROFILE), *args]
+
+
+def run_snakemake(cluster, workdir: Path, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(snakemake_command(workdir, *args, **kwargs), capture_output=True, text=True,
+                            env=_env(cluster), timeout=timeout)
+    return result
+
+
+def run_id(output: str) -> str:
+    """The executor's SLURM run id: the job name of every sbatch of that Snakemake call."""
+    match = re.search(r"SLURM run ID: (\S+)", output)
+    assert match, f"no SLURM run ID in the Snakemake output:\n{output[-3000:]}"
+    return match.group(1)
+
+
+def jobs_of(cluster, output: str) -> list[dict]:
+    name = run_id(output)
+    return [job for job in cluster.jobs() if job["name"] == name]
+
+
+def workflow_rules(workdir: Path) -> set[str]:
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory",
+                             str(workdir), "--configfile", str(workdir / "config.yaml"), "--list-rules"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+HOSTNAME_SNAKEFILE = """
+rule all:
+    input: "cpu.txt", "gpu1.txt", "gpu8.txt", expand("small/{i}.txt", i=range(3))
+
+rule cpu_host:
+    output: "cpu.txt"
+    resources: mem_mb=200, runtime=2, cpus_per_task=1
+    shell: "hostname > {output}; echo $SLURM_JOB_PARTITION >> {output}; echo $SLURM_JOB_ID >> {output}"
+
+rule gpu_host:
+    output: "gpu{n}.txt"
+    resources: mem_mb=200, runtime=2, cpus_per_task=1, gpu=lambda wc: int(wc.n), gpu_model="a100"
+    shell: "hostname > {output}; echo $SLURM_JOB_PARTITION >> {output}; echo $CUDA_VISIBLE_DEVICES >> {output}"
+
+rule split:
+    output: "small/{i}.txt"
+    resources: mem_mb=100, runtime=1, cpus_per_task=1
+    shell: "echo $SLURM_JOB_ID > {output}"
+"""
+
+
+def test_jobs_reach_partitions_with_their_gpus_and_small_jobs_are_grouped(slurm_cluster, tmp_path):
+    (tmp_path / "Snakefile").write_text(HOSTNAME_SNAKEFILE)
+    result = run_snakemake(slurm_cluster, tmp_path, snakefile=tmp_path / "Snakefile", timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:] + slurm_cluster.logs()
+    cpu = (tmp_path / "cpu.txt").read_text().split()
+    assert cpu[1] == "cpu"  # CPU jobs go to the CPU partition
+    for n in (1, 8):
+        host, partition, devices = (tmp_path / f"gpu{n}.txt").read_text().split()
+        assert partition == "gpu"
+        assert len(devices.split(",")) == n  # --gpus=a100:n gave the job exactly n (fake) GPUs
+    # the three `split` jobs (group `small` in the profile) ran in one SLURM allocation
+    ids = {(tmp_path / f"small/{i}.txt").read_text().strip() for i in range(3)}
+    assert len(ids) == 1
+    jobs = jobs_of(slurm_cluster, output)
+    assert len(jobs) == 4 and all(job["state"] == "COMPLETED" for job in jobs), jobs
+    gpu8 = [job for job in jobs if job["comment"].endswith("wildcards_8")]
+    assert len(gpu8) == 1
+    assert "gpu:a100:8" in slurm_cluster.job_info(gpu8[0]["id"])
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory):
+    """The demo config, shrunk; finetune runs cut to one short run with frequent checkpoints."""
+    workdir = tmp_path_factory.mktemp("slurm_demo")
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    for spec in config["datasets"].values():
+        spec["synth"].update(patients=3, images_per_patient=2)
+    finetune = config.get("finetune")
+    if finetune and finetune.get("runs"):
+        name = "medsam_demo" if "medsam_demo" in finetune["runs"] else next(iter(finetune["runs"]))
+        finetune["runs"] = {name: {**finetune["runs"][name], "iterations": 400}}
+        finetune["defaults"].update(checkpoint_every=2, val_every=1000, val_batches=1, batch_size=1)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir, config
+
+
+def test_demo_data_stage_runs_through_slurm(slurm_cluster, demo_workdir):
+    workdir, config = demo_workdir
+    result = run_snakemake(slurm_cluster, workdir, *DATA_TARGETS, "--configfile", str(workdir / "config.yaml"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    n = len(config["datasets"])
+    jobs = jobs_of(slurm_cluster, output)
+    # synth + ingest per dataset, split_corpus once, and the n split jobs grouped into one allocation
+    assert len(jobs) == 2 * n + 1 + 1, jobs
+    assert all(job["state"] == "COMPLETED" for job in jobs), jobs
+    assert all(job["partition"] == "cpu" for job in jobs)
+    comments = sorted(job["comment"] for job in jobs)
+    assert sum(c.startswith("rule_ingest") for c in comments) == n
+    assert sum(c.startswith("group_small") or c.startswith("rule_small") for c in comments) == 1
+    corpus = pd.read_csv(workdir / "results/splits/corpus.tsv", sep="\t")
+    assert set(corpus["dataset"]) == set(config["datasets"])
+    for name in config["datasets"]:
+        assert (workdir / f"results/logs/ingest/{name}.log").exists()
+        assert (workdir / f"results/benchmarks/ingest/{name}.tsv").exists()
+    # nothing left to do: a second call submits no job
+    again = run_snakemake(slurm_cluster, workdir, *DATA_TARGETS, "--configfile", str(workdir / "config.yaml"))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def _latest_iteration(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["iteration"])
+
+
+def test_cancelled_finetune_job_resumes_from_its_checkpoint(slurm_cluster, demo_workdir):
+    workdir, config = demo_workdir
+    if "finetune" not in workflow_rules(workdir):
+        pytest.skip("the workflow has no `finetune` rule (workflow/rules/finetune.smk not included in the Snakefile)")
+    run = next(iter(config["finetune"]["runs"]))
+    target = f"results/finetune/{run}/training.json"
+    latest = workdir / f"results/finetune/{run}/latest.pt"
+    args = [target, "--retries", "0", "--configfile", str(workdir / "config.yaml")]
+    process = subprocess.Popen(snakemake_command(workdir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=_env(slurm_cluster))
+    try:
+        def running_finetune():
+            jobs = [j for j in slurm_cluster.jobs() if j["comment"].startswith("rule_finetune") and j["state"] == "RUNNING"]
+            return jobs and latest.exists() and _latest_iteration(latest) >= 4 and jobs[0]
+
+        job = slurm_cluster.wait(running_finetune, 240, "a running finetune job with a checkpoint", interval=1)
+        slurm_cluster.run("scancel", job["id"])
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode != 0, output[-3000:]  # the cancelled job failed the first call
+    assert not (workdir / target).exists()
+    done_before = _latest_iteration(latest)
+    assert 4 <= done_before < 400
+    state = slurm_cluster.run("squeue", "-h", "-t", "all", "-j", job["id"], "-o", "%T").stdout.strip()
+    assert state == "CANCELLED"
+
+    result = run_snakemake(slurm_cluster, workdir, *args, timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    log = (workdir / f"results/logs/finetune/{run}.log").read_text()
+    resumed = re.search(r"resuming \S+ from \S+ at iteration (\d+)", log)
+    assert resumed, log[-2000:]
+    assert int(resumed.group(1)) >= done_before  # continued from the checkpoint, not from zero
+    metrics = pd.read_csv(workdir / f"results/finetune/{run}/metrics.csv")
+    train = metrics[metrics["split"] == "train"]
+    assert sorted(train["iteration"]) == list(range(1, 401))  # every iteration logged once
+    assert _latest_iteration(latest) == 400
