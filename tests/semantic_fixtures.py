@@ -48,3 +48,36 @@ def make_semantic_data(tmp: Path, seed: int = 0, colour: bool = False) -> dict:
         splits[name] = tmp / f"{name}.tsv"
         splits[name].write_text("\n".join(rows) + "\n")
     return {"store2d": s2, "store3d": s3, "split2d": splits["sem2d"], "split3d": splits["sem3d"]}
+
+
+TINY_SEMANTIC = {
+    "sam_unetr": {"iterations": 12, "batch_size": 2, "patch_size": 64, "lr": 1e-3, "val_every": 6, "val_batches": 1},
+    "ma_sam": {"iterations": 12, "batch_size": 1, "patch_size": [4, 48, 48], "input_size": 64, "halo": 1, "lr": 1e-3,
+               "val_every": 6, "val_batches": 1},
+    "swin_unetr": {"feature_size": 12, "iterations": 12, "batch_size": 2, "patch_size_2d": [64, 64],
+                   "patch_size_3d": [64, 64, 64], "overlap": 0.25, "lr": 1e-3, "val_every": 6, "val_batches": 1},
+    "nnunet": {"planner": "ExperimentPlanner", "epochs": 1, "iterations_per_epoch": 3, "val_iterations_per_epoch": 1,
+               "use_mirroring": False},
+}
+
+
+def write_semantic_config(tmp: Path, **overrides) -> Path:
+    """A valid study config with tiny semantic settings (the datasets entry is a placeholder)."""
+    import copy
+
+    import yaml
+
+    semantic = copy.deepcopy(TINY_SEMANTIC)
+    semantic.update({"gpus": 0, "seeds": [0]})
+    semantic.update(overrides)
+    config = {
+        "seed": 0,
+        "results_dir": str(tmp / "results"),
+        "datasets": {"sem2d": {"modality": "xray", "ndim": 2, "images": "x/*.png", "labels": "y/*.png",
+                               "classes": {1: "small", 2: "large"}, "roles": ["semantic2d"]}},
+        "models": {"sam_tiny": {"type": "tiny", "checkpoint": None}},
+        "semantic": semantic,
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE = REPO_ROOT / "tests" / "slurm" / "profile"
 DATA_TARGETS = ["results/splits/corpus.tsv"]
+SLURM_DATASETS = ["demo_xray", "demo_ct"]  # 2D and 3D, both in the finetuning corpus
+FINETUNE_ITERATIONS = 80
 
 
 def _env(cluster) -> dict:
@@ -107,15 +109,17 @@ def test_jobs_reach_partitions_with_their_gpus_and_small_jobs_are_grouped(slurm_
 
 @pytest.fixture(scope="module")
 def demo_workdir(tmp_path_factory):
-    """The demo config, shrunk; finetune runs cut to one short run with frequent checkpoints."""
+    """The demo config cut to one 2D and one 3D dataset (2 real cores run every job), and one short
+    finetune run with a checkpoint every 2 iterations."""
     workdir = tmp_path_factory.mktemp("slurm_demo")
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config["datasets"] = {name: config["datasets"][name] for name in SLURM_DATASETS}
     for spec in config["datasets"].values():
         spec["synth"].update(patients=3, images_per_patient=2)
     finetune = config.get("finetune")
     if finetune and finetune.get("runs"):
         name = "medsam_demo" if "medsam_demo" in finetune["runs"] else next(iter(finetune["runs"]))
-        finetune["runs"] = {name: {**finetune["runs"][name], "iterations": 400}}
+        finetune["runs"] = {name: {**finetune["runs"][name], "iterations": FINETUNE_ITERATIONS}}
         finetune["defaults"].update(checkpoint_every=2, val_every=1000, val_batches=1, batch_size=1)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir, config
@@ -176,7 +180,7 @@ def test_cancelled_finetune_job_resumes_from_its_checkpoint(slurm_cluster, demo_
     assert process.returncode != 0, output[-3000:]  # the cancelled job failed the first call
     assert not (workdir / target).exists()
     done_before = _latest_iteration(latest)
-    assert 4 <= done_before < 400
+    assert 4 <= done_before < FINETUNE_ITERATIONS
     state = slurm_cluster.run("squeue", "-h", "-t", "all", "-j", job["id"], "-o", "%T").stdout.strip()
     assert state == "CANCELLED"
 
@@ -189,5 +193,5 @@ def test_cancelled_finetune_job_resumes_from_its_checkpoint(slurm_cluster, demo_
     assert int(resumed.group(1)) >= done_before  # continued from the checkpoint, not from zero
     metrics = pd.read_csv(workdir / f"results/finetune/{run}/metrics.csv")
     train = metrics[metrics["split"] == "train"]
-    assert sorted(train["iteration"]) == list(range(1, 401))  # every iteration logged once
-    assert _latest_iteration(latest) == 400
+    assert sorted(train["iteration"]) == list(range(1, FINETUNE_ITERATIONS + 1))  # every iteration logged once
+    assert _latest_iteration(latest) == FINETUNE_ITERATIONS

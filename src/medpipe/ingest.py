@@ -136,7 +136,7 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: d
     label_da = _as_dask(label, label_chunks)
     # one graph: every block is read once, then written and checked
     stored = da.store([image_da, label_da.astype(out_label_dtype)], [z_image, z_label], lock=False, compute=False)
-    checks = {"labels": da.unique(label_da)}
+    checks = {"labels": [dask.delayed(label_summary)(block, classes) for block in label_da.to_delayed().ravel()]}
     if np.issubdtype(imeta.dtype, np.inexact):
         checks["non_finite"] = (~da.isfinite(image_da)).sum()
     # a gzip stream can only be read front to back: keep its slabs in order on one thread
@@ -146,11 +146,11 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: d
     problems = []
     if int(results.get("non_finite", 0)):
         problems.append(f"{case.image}: image has {int(results['non_finite'])} non-finite voxels (NaN or inf)")
-    values = results["labels"].tolist()
-    unknown = [v for v in values if v != 0 and v not in classes]
+    foreground = any(has_fg for has_fg, _ in results["labels"])
+    unknown = sorted(set().union(*(bad for _, bad in results["labels"])), key=str)
     if unknown:
         problems.append(f"{case.label}: label values not in classes {sorted(classes)}: {unknown[:10]}")
-    elif not any(v != 0 for v in values):
+    elif not foreground:
         problems.append(f"{case.label}: empty label (no foreground voxel)")
     if problems:
         raise CaseProblem("; ".join(problems))
@@ -166,6 +166,27 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: d
         "shape": [int(n) for n in imeta.shape],
         "dtype": str(imeta.dtype),
     })
+
+
+def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
+    """``(has foreground, values not in {0} | classes)`` of one label block.
+
+    Exact, and cheap in the common case: for integral values only min and max are computed, then
+    each value between them that is not allowed is looked for (usually none); sorting the block
+    (``np.unique``) is the fallback for non-integral values (e.g. float labels with 0.5 or NaN)
+    and for very wide value ranges.
+    """
+    if block.size == 0:
+        return False, set()
+    if block.dtype.kind == "f" and bool((block != np.trunc(block)).any()):  # non-integral or NaN
+        values = np.unique(block)
+        return bool((values != 0).any()), {v.item() for v in values if v != 0 and v not in classes}
+    lo, hi = block.min().item(), block.max().item()
+    if hi - lo > 4096:
+        values = np.unique(block)
+        return bool((values != 0).any()), {v.item() for v in values if v != 0 and v not in classes}
+    suspects = [v for v in range(int(lo), int(hi) + 1) if v != 0 and v not in classes]
+    return (lo != 0 or hi != 0), {v for v in suspects if bool((block == v).any())}
 
 
 def _remove_case(cases_group: zarr.Group, case_id: str) -> None:

@@ -37,8 +37,8 @@ IA_GRID = _IaParamspace(
 
 def ia_model_checkpoint(wildcards):
     """The model's weights file (a finetune export is built by the finetune stage), or none for random init."""
-    checkpoint = IA_MODELS[wildcards.model].checkpoint
-    return [checkpoint] if checkpoint else []
+    weights = IA_MODELS[wildcards.model].checkpoint
+    return [weights] if weights else []
 
 
 def ia_tables_2d():

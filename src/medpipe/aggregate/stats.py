@@ -8,6 +8,8 @@ resample cases, the independent units of a dataset.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -31,7 +33,9 @@ def bootstrap_dataset_mean(frame: pd.DataFrame, value: str = "dice", n_boot: int
 
     def statistic(index_like):
         rows = values[index_like.astype(int)]
-        return float(np.nanmean(np.nanmean(rows, axis=0)))
+        with warnings.catch_warnings():  # a resample can miss every case of a rare class: that class drops out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmean(np.nanmean(rows, axis=0)))
 
     return bootstrap_ci(np.arange(len(cases)), statistic=statistic, n_boot=n_boot, rng=np.random.default_rng(seed))
 

@@ -1,0 +1,72 @@
+"""Aggregation of interactive results: hierarchical means, NoC, paired differences, figures."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medpipe.aggregate import interactive as agg
+from medpipe.aggregate.stats import bootstrap_dataset_mean, hierarchical_mean
+from medpipe.config import validate_config
+from medpipe.interactive.grid import ORACLE_LABEL, SELECTED_LABEL
+
+
+def rows_2d(model, offset):
+    """Two cases; case a has two class-1 objects, case b one class-1 and one class-2 object."""
+    rows = []
+    objects = [("a", 1, 0, [0.5, 0.9]), ("a", 1, 1, [0.7, 0.8]), ("b", 1, 0, [0.3, 0.95]), ("b", 2, 0, [0.6, 0.6])]
+    for case, class_id, obj, dices in objects:
+        for start in ("point", "box"):
+            for masks in ("off", "on"):
+                for iteration, d in enumerate(dices):
+                    rows.append({"dataset": "d", "case": case, "class_id": class_id, "class": f"k{class_id}",
+                                 "object": obj, "start": start, "masks": masks, "iteration": iteration,
+                                 "dice": d + offset, "seed": 0, "model": model})
+    return pd.DataFrame(rows)
+
+
+def test_hierarchical_mean_weights_cases_then_classes():
+    frame = rows_2d("m", 0.0)
+    first = frame[(frame["iteration"] == 0) & (frame["start"] == "box") & (frame["masks"] == "off")]
+    # class 1: case a mean(0.5, 0.7) = 0.6, case b 0.3 -> 0.45; class 2: 0.6 -> dataset (0.45 + 0.6) / 2
+    assert hierarchical_mean(first) == pytest.approx(0.525)
+    mean, low, high = bootstrap_dataset_mean(first, n_boot=200, seed=0)
+    assert mean == pytest.approx(0.525) and low <= mean <= high
+
+
+def test_aggregate_writes_traceable_tables_and_figures(tmp_path):
+    sam, ft = rows_2d("sam", 0.0), rows_2d("ft", 0.04)
+    paths = []
+    for name, frame in (("sam", sam), ("ft", ft)):
+        paths.append(tmp_path / f"{name}.tsv")
+        frame.to_csv(paths[-1], sep="\t", index=False)
+    rows3d = []
+    for model in ("sam", "ft"):
+        for result, dice in ((SELECTED_LABEL, 0.5), (ORACLE_LABEL, 0.6)):
+            rows3d.append({"dataset": "v", "split": "test", "case": "x", "class_id": 1, "class": "k", "object": 0,
+                           "z_start": 3, "start": "box", "iou_threshold": 0.8, "projection": "mask",
+                           "box_extension": 0.0, "dice": dice, "n_slices": 4, "seed": 0, "model": model, "result": result})
+    path3d = tmp_path / "r3.tsv"
+    pd.DataFrame(rows3d).to_csv(path3d, sep="\t", index=False)
+    config = validate_config({"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y", "classes": {1: "a"}}},
+                              "models": {"sam": {"type": "tiny"}, "ft": {"type": "tiny"}}, "aggregate": {"n_boot": 50}})
+    out = agg.aggregate(config, paths, [path3d], tmp_path / "tables", tmp_path / "figures")
+
+    summary = pd.read_csv(out["summary2d"], sep="\t")
+    final = summary[(summary["model"] == "ft") & (summary["iteration"] == 1) & (summary["start"] == "box") & (summary["masks"] == "on")]
+    # class 1: a (0.9 + 0.8) / 2 = 0.85, b 0.95 -> 0.9; class 2: 0.6 -> 0.75, + 0.04 offset
+    assert final["dice"].item() == pytest.approx(0.79)
+    noc = pd.read_csv(out["noc"], sep="\t")
+    sam_noc = noc[(noc["model"] == "sam") & (noc["start"] == "point") & (noc["masks"] == "off")]
+    # NoC@85 per object: 2, 2 (cap), 2, 2 (cap) -> all 2; NoC@90: 2, 2(cap), 2, 2(cap)
+    assert sam_noc["noc85"].item() == pytest.approx(2.0) and sam_noc["cap"].item() == 2
+    diff = pd.read_csv(out["difference"], sep="\t")
+    assert set(diff["reference"]) == {"sam"}
+    assert np.allclose(diff[diff["model"] == "ft"]["dice_difference"], 0.04)
+    assert np.allclose(diff[diff["model"] == "sam"]["dice_difference"], 0.0)
+    summary3d = pd.read_csv(out["summary3d"], sep="\t")
+    oracle = summary3d[summary3d["result"] == ORACLE_LABEL]
+    assert len(oracle) == 2 and np.allclose(oracle["dice"], 0.6)
+    assert np.allclose(summary3d[summary3d["result"] == SELECTED_LABEL]["dice"], 0.5)
+    for name in ("fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d", "fig7b_mask_prompts"):
+        for ext in ("png", "svg"):
+            assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000

@@ -1,0 +1,127 @@
+"""Patch sampling, the common training loop, whole-case prediction, Dice tables and prediction files."""
+
+import argparse
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from imageio import v3 as iio
+
+from semantic_fixtures import TINY_SEMANTIC, make_semantic_data, write_semantic_config
+
+from medpipe.semantic.command import run as run_command
+from medpipe.semantic.command import run_torch
+from medpipe.semantic.data import PatchSampler, SplitError, read_split
+from medpipe.semantic.evaluate import dice_rows, write_prediction
+from medpipe.semantic.preprocess import restore_logits, scale_intensity
+from medpipe.store import DatasetStore
+
+SCHEMA_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.01, "plateau_patience": 10, "plateau_factor": 0.5,
+                   "input_size": None, "freeze_encoder": False}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_semantic_data(tmp_path_factory.mktemp("sem"))
+
+
+def test_read_split_checks_cases_and_parts(data, tmp_path):
+    store = DatasetStore(data["store2d"])
+    split = read_split(data["split2d"], "sem2d", store)
+    assert split == {"train": ["p0_img", "p1_img", "p2_img"], "val": ["p3_img"], "test": ["p4_img", "p5_img"]}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("dataset\tcase_id\tpatient_id\tmodality\tsplit\nsem2d\tnope\tp\tx\ttrain\n")
+    with pytest.raises(SplitError, match=r"bad.tsv: cases not in store .*\['nope'\]"):
+        read_split(bad, "sem2d", store)
+    bad.write_text("dataset\tcase_id\tpatient_id\tmodality\tsplit\nsem2d\tp0_img\tp\tx\ttrain\n")
+    with pytest.raises(SplitError, match="has no test cases"):
+        read_split(bad, "sem2d", store)
+
+
+def test_patch_sampler_is_seeded_padded_and_scaled(data):
+    store = DatasetStore(data["store3d"])
+    draw = lambda: PatchSampler(store, ["v0_vol", "v1_vol"], (10, 32, 32), np.random.default_rng(3)).batch(3)
+    images, labels = draw()
+    again_images, again_labels = draw()
+    assert all(np.array_equal(a, b) for a, b in zip(images, again_images))
+    assert images[0].shape == labels[0].shape == (10, 32, 32)  # 8 slices zero-padded to 10
+    assert np.all(labels[0][8:] == 0) and np.all(images[0][8:] == 0)
+    assert images[0].dtype == np.float32 and 0 <= images[0].min() and images[0].max() <= 255
+    sampler = PatchSampler(store, ["v0_vol"], (4, 16, 16), np.random.default_rng(0), fg_prob=1.0)
+    assert all((sampler.sample()[1] > 0).any() for _ in range(5))  # foreground-centred patches
+    with pytest.raises(ValueError, match="needs 3 axes"):
+        PatchSampler(store, ["v0_vol"], (16, 16), np.random.default_rng(0))
+
+
+def test_restore_logits_crops_padding_and_resizes():
+    logits = torch.zeros(1, 2, 64, 64)
+    logits[:, 1, :32, :] = 1.0  # a 40x80 image resized to 32x64 occupies the top half
+    out = restore_logits(logits, (40, 80), 64)
+    assert out.shape == (1, 2, 40, 80)
+    assert torch.allclose(out[:, 1], torch.ones(1, 40, 80)) and torch.allclose(out[:, 0], torch.zeros(1, 40, 80))
+
+
+def test_dice_rows_on_known_masks():
+    target = np.zeros((4, 4), np.uint8)
+    target[:2, :2] = 1  # class 1: 4 px; class 2 absent
+    prediction = np.zeros((4, 4), np.uint8)
+    prediction[:2, :1] = 1  # 2 px, all inside
+    prediction[3, 3] = 3  # class 3 predicted, absent in target
+    rows = dice_rows("c", prediction, target, {1: "a", 2: "b", 3: "c"}, method="m", seed=0)
+    by_class = {r["class_id"]: r["dice"] for r in rows}
+    assert by_class[1] == pytest.approx(2 * 2 / (2 + 4))
+    assert np.isnan(by_class[2])
+    assert by_class[3] == 0.0
+    assert rows[0]["method"] == "m" and rows[0]["case_id"] == "c" and rows[0]["class_name"] == "a"
+
+
+def test_predictions_are_written_as_nifti_and_png(tmp_path):
+    volume = np.zeros((3, 4, 5), np.uint16)
+    volume[1, 2, 3] = 2
+    path = write_prediction(volume, (2.5, 1.0, 0.5), tmp_path, "case")
+    img = nib.load(path)
+    assert path.name == "case.nii.gz" and img.shape == (5, 4, 3)
+    assert np.array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), volume)
+    assert np.allclose(img.header.get_zooms(), (0.5, 1.0, 2.5))
+    png = write_prediction(volume[1], (1.0, 1.0), tmp_path, "slice")
+    assert png.name == "slice.png" and np.array_equal(iio.imread(png), volume[1])
+
+
+@pytest.mark.parametrize("method,ndim", [("sam_unetr", 2), ("ma_sam", 3), ("swin_unetr", 2)])
+def test_tiny_training_lowers_the_loss_and_predicts_case_shapes(data, method, ndim):
+    store = DatasetStore(data[f"store{ndim}d"])
+    split = read_split(data[f"split{ndim}d"], store.name, store)
+    args = argparse.Namespace(model_type="tiny", checkpoint=None, decoder_init="random", decoder_file=None)
+    settings = {**SCHEMA_DEFAULTS, **TINY_SEMANTIC[method]}
+    predictions, record = run_torch(method, settings, store, split, 0, args, "cpu")
+    losses = [loss for _, loss in record["history"]["train"]]
+    assert len(losses) == settings["iterations"]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert [it for it, *_ in record["history"]["val"]] == [6, 12]
+    assert sorted(predictions) == split["test"]
+    for case_id, prediction in predictions.items():
+        assert prediction.shape == store.label(case_id).shape
+        assert set(np.unique(prediction)) <= {0, 1, 2}
+
+
+def test_semantic_run_writes_table_predictions_and_record(data, tmp_path):
+    config = write_semantic_config(tmp_path, sam_unetr={**TINY_SEMANTIC["sam_unetr"], "iterations": 2, "val_every": 2})
+    args = argparse.Namespace(config=str(config), method="sam_unetr", dataset="sem2d", store=str(data["store2d"]),
+                              split=str(data["split2d"]), seed=0, backbone="sam_tiny", model_type="tiny",
+                              checkpoint=None, decoder_init="random", decoder_file=None,
+                              table=str(tmp_path / "t.tsv"), pred_dir=str(tmp_path / "pred"), work_dir=None,
+                              device="cpu")
+    assert run_command(args) == 0
+    frame = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    assert list(frame.columns) == ["method", "backbone", "decoder_init", "dataset", "seed", "case_id", "class_id",
+                                   "class_name", "dice"]
+    assert len(frame) == 4 and set(frame.backbone) == {"sam_tiny"}  # 2 test cases x 2 classes
+    assert (tmp_path / "pred" / "p4_img.png").is_file() and (tmp_path / "pred" / "p5_img.png").is_file()
+    record = json.loads((tmp_path / "pred" / "training.json").read_text())
+    assert record["settings"]["iterations"] == 2 and record["parameters"] > 0
+    args.method, args.store, args.split, args.dataset = "ma_sam", str(data["store2d"]), str(data["split2d"]), "sem2d"
+    with pytest.raises(ValueError, match="ma_sam is the 3D method"):
+        run_command(args)
