@@ -49,12 +49,30 @@ def expected_counts(config: dict) -> dict[str, int]:
         "all": 1,
     }
     runs = list(config["finetune"]["runs"])
+    esem = []
     if runs:
         from medpipe.finetune.settings import resolve_run
 
         esem = [run for run in runs if resolve_run(config, run)["e_sem"]]
         counts.update(finetune=len(runs), export_model=len(runs) - len(esem), export_model_with_decoder=len(esem),
                       check_compat=len(runs), compat_table=1)
+    models = list(config["models"]) + runs  # every base model and every finetune export is evaluated
+    counts["interactive2d"] = len(models) * len(datasets_with_role(config, "interactive2d"))
+    counts["interactive3d"] = len(models) * len(datasets_with_role(config, "interactive3d"))
+    counts["aggregate_interactive"] = int(bool(counts["interactive2d"]))
+    sem = config["semantic"]
+    backbones = sem["backbones"] if sem["backbones"] is not None else models
+    sem2d, sem3d = len(datasets_with_role(config, "semantic2d")), len(datasets_with_role(config, "semantic3d"))
+    with_decoder = [b for b in backbones if b in esem]
+    per_method = {
+        "sam_unetr": sem2d * (len(backbones) * ("random" in sem["sam_unetr"]["decoder_inits"])
+                              + len(with_decoder) * ("pretrained" in sem["sam_unetr"]["decoder_inits"])),
+        "ma_sam": sem3d * len(backbones),
+        "nnunet": sem2d + sem3d,
+        "swin_unetr": sem2d + sem3d,
+    }
+    counts["semantic_run"] = len(sem["seeds"]) * sum(per_method[m] for m in sem["methods"])
+    counts["semantic_aggregate"] = int(bool(counts["semantic_run"]))
     return {rule: n for rule, n in counts.items() if n}
 
 
@@ -109,6 +127,33 @@ def test_dry_run_job_counts_match_the_config(study_tree):
     assert not unexplained, f"rules {sorted(unexplained)} have no expected job count in tests/test_dag.py"
     assert counts == expected
     assert seconds < 60, f"dry run of the study took {seconds:.1f} s"
+
+
+def test_expected_counts_of_the_paper_study_by_hand():
+    """6 models (sam, medsam + 4 finetune runs) x 16 / 6 datasets; semantic: SAM-UNETR 6 datasets x
+    (6 random + 1 pretrained decoder), MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each."""
+    counts = expected_counts(resolved(STUDY))
+    assert counts["ingest"] == counts["split"] == 35
+    assert counts["finetune"] == 4 and counts["export_model"] == 3 and counts["export_model_with_decoder"] == 1
+    assert counts["interactive2d"] == 96 and counts["interactive3d"] == 36
+    assert counts["semantic_run"] == 42 + 36 + 12 + 12
+    assert "synth" not in counts
+
+
+def test_study_config_replaces_the_demo_config(study_tree, tmp_path):
+    """Run from a checkout (config/config.yaml present), `--configfile config/study.yaml` must give the
+    study alone: Snakemake merges a `configfile:` directive's file with --configfile otherwise, and the
+    demo datasets, models and runs would join the paper's study (also inside every cluster job)."""
+    root, configfile = study_tree
+    checkout = tmp_path / "checkout"
+    (checkout / "config").mkdir(parents=True)
+    (checkout / "config" / "config.yaml").write_text((REPO_ROOT / "config" / "config.yaml").read_text())
+    result = snakemake(checkout, configfile, "-n", "--quiet", "rules")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    assert "synth" not in counts, "the demo datasets were merged into the study config"
+    assert counts["ingest"] == 35
 
 
 def test_dry_run_with_the_a100_profile_requests_what_the_rules_need(study_tree):

@@ -315,3 +315,19 @@ def test_dicom_series_folders_ingest_with_nifti_labels(tmp_path, monkeypatch):
     assert info.attrs["sha256"]["image"] == sha256_of(tmp_path / "dicom/pat1_ct")
     expected = source.pixel_array.astype(np.int32) + int(source.RescaleIntercept) + 2
     np.testing.assert_array_equal(store.image("pat1_ct")[2], expected)
+
+
+@pytest.mark.parametrize("block, expected", [
+    (np.array([[0, 1], [2, 0]], np.uint8), (True, set())),
+    (np.array([[0, 0], [0, 0]], np.uint8), (False, set())),
+    (np.array([[0, 7], [5, 1]], np.uint8), (True, {5, 7})),
+    (np.array([0.0, 1.0, 2.0], np.float32), (True, set())),
+    (np.array([0.0, 0.5, 2.0], np.float32), (True, {0.5})),
+    (np.array([0.0, -3.0], np.int16), (True, {-3})),
+    (np.array([0, 60000, 1], np.uint16), (True, {60000})),  # wide range: the np.unique path
+])
+def test_label_summary_hand_computed(block, expected):
+    assert ingest.label_summary(block, {1, 2}) == expected
+    nan_result = ingest.label_summary(np.array([0.0, np.nan], np.float64), {1})
+    assert nan_result[0] and len(nan_result[1]) == 1 and np.isnan(next(iter(nan_result[1])))
+    assert ingest.count_non_finite(np.array([1.0, np.inf, -np.inf, np.nan])) == 3

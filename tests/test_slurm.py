@@ -97,7 +97,7 @@ def test_jobs_reach_partitions_with_their_gpus_and_small_jobs_are_grouped(slurm_
         host, partition, devices = (tmp_path / f"gpu{n}.txt").read_text().split()
         assert partition == "gpu"
         assert len(devices.split(",")) == n  # --gpus=a100:n gave the job exactly n (fake) GPUs
-    # the three `split` jobs (group `small` in the profile) ran in one SLURM allocation
+    # the three `split` jobs (group `splits` in the profile) ran in one SLURM allocation
     ids = {(tmp_path / f"small/{i}.txt").read_text().strip() for i in range(3)}
     assert len(ids) == 1
     jobs = jobs_of(slurm_cluster, output)
@@ -138,7 +138,7 @@ def test_demo_data_stage_runs_through_slurm(slurm_cluster, demo_workdir):
     assert all(job["partition"] == "cpu" for job in jobs)
     comments = sorted(job["comment"] for job in jobs)
     assert sum(c.startswith("rule_ingest") for c in comments) == n
-    assert sum(c.startswith("group_small") or c.startswith("rule_small") for c in comments) == 1
+    assert sum(c.startswith("rule_splits") for c in comments) == 1  # the group job: rule_<group>_<rules>
     corpus = pd.read_csv(workdir / "results/splits/corpus.tsv", sep="\t")
     assert set(corpus["dataset"]) == set(config["datasets"])
     for name in config["datasets"]:

@@ -16,6 +16,19 @@ pytestmark = pytest.mark.slow
 DATA_TARGETS = ["results/splits/corpus.tsv"]
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` table of a Snakemake (dry) run as {rule: count}."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "count"])
+    counts = {}
+    for line in lines[start + 2 :]:
+        name, count = line.split()
+        if name == "total":
+            return counts
+        counts[name] = int(count)
+    raise AssertionError("no total line in the job stats")
+
+
 def snakemake(workdir: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(workdir),
@@ -43,11 +56,7 @@ def data_run(tmp_path_factory, request):
 def test_dry_run_lists_the_data_jobs(data_run):
     _, _, config, dry_output = data_run
     n = len(config["datasets"])
-    counts = {}
-    for line in dry_output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+    counts = job_counts(dry_output)
     assert counts["synth"] == n and counts["ingest"] == n and counts["split"] == n
     assert counts["split_corpus"] == 1
 
@@ -70,11 +79,6 @@ def test_data_stage_outputs(data_run):
 
 def test_forcerun_split_reruns_only_splits(data_run):
     repo_root, workdir, config, _ = data_run
-    result = snakemake(workdir, repo_root, "-n", "--forcerun", "split", *DATA_TARGETS)
+    result = snakemake(workdir, repo_root, "-n", "--forcerun=split", *DATA_TARGETS)
     assert result.returncode == 0, result.stderr
-    jobs = set()
-    for line in (result.stdout + result.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            jobs.add(parts[0])
-    assert jobs == {"split", "split_corpus"}
+    assert set(job_counts(result.stdout + result.stderr)) == {"split", "split_corpus"}

@@ -24,6 +24,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -104,7 +105,7 @@ def _as_dask(array, chunks: tuple[int, ...]) -> da.Array:
     return da.from_array(np.asarray(array), chunks=chunks)
 
 
-def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: dict, chunk_config: dict,
+def _ingest_case(cases_group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: dict,
                  hasher: ThreadPoolExecutor) -> None:
     """Write one case into ``cases_group`` or raise ``ReadError``/``CaseProblem`` (caller cleans up)."""
     ndim = int(spec["ndim"])
@@ -132,22 +133,23 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: d
     z_label = group.create_array("label", shape=lmeta.shape, dtype=out_label_dtype, chunks=label_chunks,
                                  fill_value=0, dimension_names=names)
 
-    image_da = _as_dask(image, image_chunks)
-    label_da = _as_dask(label, label_chunks)
-    # one graph: every block is read once, then written and checked
-    stored = da.store([image_da, label_da.astype(out_label_dtype)], [z_image, z_label], lock=False, compute=False)
-    checks = {"labels": [dask.delayed(label_summary)(block, classes) for block in label_da.to_delayed().ravel()]}
-    if np.issubdtype(imeta.dtype, np.inexact):
-        checks["non_finite"] = (~da.isfinite(image_da)).sum()
+    # one pass: each block is read once, written and checked by the same task, so a volume never
+    # sits in memory whole and nothing is read twice
+    tasks = _block_tasks(_as_dask(image, image_chunks), z_image,
+                         count_non_finite if np.issubdtype(imeta.dtype, np.inexact) else None)
+    tasks += _block_tasks(_as_dask(label, label_chunks), z_label, partial(label_summary, classes=classes))
     # a gzip stream can only be read front to back: keep its slabs in order on one thread
     gz = any(p.name.lower().endswith(".gz") for p in (case.image, case.label))
-    _, results = dask.compute(stored, checks, scheduler="synchronous" if gz else "threads", num_workers=_workers())
+    results = dask.compute(*tasks, scheduler="synchronous" if gz else "threads", num_workers=_workers())
+    finite_results = [r for kind, r in results if kind == "image" and r is not None]
+    label_results = [r for kind, r in results if kind == "label"]
 
     problems = []
-    if int(results.get("non_finite", 0)):
-        problems.append(f"{case.image}: image has {int(results['non_finite'])} non-finite voxels (NaN or inf)")
-    foreground = any(has_fg for has_fg, _ in results["labels"])
-    unknown = sorted(set().union(*(bad for _, bad in results["labels"])), key=str)
+    non_finite = sum(finite_results)
+    if non_finite:
+        problems.append(f"{case.image}: image has {non_finite} non-finite voxels (NaN or inf)")
+    foreground = any(has_fg for has_fg, _ in label_results)
+    unknown = sorted(set().union(*(bad for _, bad in label_results)), key=lambda v: (v != v, v if v == v else 0))
     if unknown:
         problems.append(f"{case.label}: label values not in classes {sorted(classes)}: {unknown[:10]}")
     elif not foreground:
@@ -166,6 +168,25 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, dataset: str, spec: d
         "shape": [int(n) for n in imeta.shape],
         "dtype": str(imeta.dtype),
     })
+
+
+def _write_block(role: str, block: np.ndarray, target: zarr.Array, region: tuple, check) -> tuple:
+    target[region] = block.astype(target.dtype, copy=False)
+    return role, (check(block) if check is not None else None)
+
+
+def _block_tasks(array: da.Array, target: zarr.Array, check) -> list:
+    """Delayed tasks writing each block of ``array`` to its region of ``target`` (blocks tile the
+    zarr chunks, so no two tasks touch one chunk) and returning ``check(block)``."""
+    role = target.basename
+    regions = da.core.slices_from_chunks(array.chunks)
+    blocks = array.to_delayed().ravel()
+    return [dask.delayed(_write_block, pure=False)(role, block, target, region, check)
+            for block, region in zip(blocks, regions)]
+
+
+def count_non_finite(block: np.ndarray) -> int:
+    return int(block.size - np.count_nonzero(np.isfinite(block)))
 
 
 def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
@@ -243,7 +264,7 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
             for case in tqdm(cases, desc=f"ingest {dataset}", unit="case"):
                 try:
-                    _ingest_case(cases_group, case, dataset, spec, chunk_config, hasher)
+                    _ingest_case(cases_group, case, spec, chunk_config, hasher)
                 except (ReadError, CaseProblem) as exc:
                     problem = str(exc)
                 except Exception as exc:  # an unforeseen failure of one case must not stop the dataset

@@ -69,7 +69,7 @@ def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSe
         optimizer.step()
         value = loss.item()
         history["train"].append((it, value))
-        bar.set_postfix(loss=f"{value:.4f}")
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if val_batches and (it % settings.val_every == 0 or it == settings.iterations):
             val = validation_loss(model, val_batches, loss_fn, device)
             scheduler.step(val)

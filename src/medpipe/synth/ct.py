@@ -78,7 +78,10 @@ def _tumours(label: np.ndarray, rng: np.random.Generator) -> None:
     inner = ndimage.binary_erosion(liver, iterations=1)
     taken = np.zeros(label.shape, bool)
     z_scale = SPACING[1] / SPACING[0]
-    for size_range in [(150, 600)] + small_object_sizes(rng):
+    # the regular tumour scales with the volume (it must leave room in a small liver), tiny ones do not
+    f = label.size / np.prod(SPEC.default_size)
+    regular = (int(max(60, 150 * f)), int(max(150, 600 * f)))
+    for size_range in [regular] + small_object_sizes(rng):
         mask = place(rng, small_object_proposer(inner, size_range, z_scale), inner, taken, gap=2, size_range=size_range)
         if mask is not None:
             label[mask] = TUMOUR
@@ -135,7 +138,7 @@ SPEC = KindSpec(
     image_ext=".nii.gz",
     label_ext=".nii.gz",
     default_size=(24, 96, 96),
-    min_size=(12, 48, 48),
+    min_size=(16, 64, 64),
     sample_patient=sample_patient,
     render=render,
 )

@@ -53,7 +53,7 @@ def _satellites(label: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
     def touching(g: np.random.Generator) -> np.ndarray:
         coords = np.argwhere(rim)
         c = coords[g.integers(len(coords))]
-        r = g.uniform(3.0, 4.5) * shape[0] / 128
+        r = g.uniform(3.0, 4.5) * max(shape[0] / 128, 0.8)
         return ellipse2d(shape, c, (r, r), 0.0)
 
     free = np.ones(shape, bool)
@@ -65,7 +65,7 @@ def _satellites(label: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
     def regular(g: np.random.Generator) -> np.ndarray:
         coords = np.argwhere(ring)
         c = coords[g.integers(len(coords))]
-        r = g.uniform(3.0, 5.0) * shape[0] / 128
+        r = g.uniform(3.0, 5.0) * max(shape[0] / 128, 0.8)
         return ellipse2d(shape, c, (r, r * g.uniform(0.7, 1.0)), g.uniform(0, np.pi))
 
     specs: list[tuple[int, int] | None] = [None] * int(rng.integers(1, 3)) + small_object_sizes(rng)

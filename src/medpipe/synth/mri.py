@@ -57,15 +57,17 @@ def _structures(
     ox = nx * (p["offset"][1] + rng.normal(0, 0.01))
     gz, gy, gx = p["gland"]
     centre = (0.5 * nz + rng.normal(0, 0.3), 0.55 * ny + oy, 0.5 * nx + ox)
-    prostate = ellipsoid3d(shape, centre, (0.3 * nz * gz, 0.13 * ny * gy, 0.16 * nx * gx), rng.normal(0, 0.05))
+    prostate = ellipsoid3d(shape, centre, (0.32 * nz * gz, 0.17 * ny * gy, 0.2 * nx * gx), rng.normal(0, 0.05))
     label = np.zeros(shape, np.uint8)
     label[prostate] = PROSTATE
     inner = ndimage.binary_erosion(prostate, iterations=1)
     taken = np.zeros(shape, bool)
     z_scale = SPACING[1] / SPACING[0]
-    ranges = [(120, 400)] + small_object_sizes(rng)
+    # regular lesions scale with the volume (they must leave room in a small gland), tiny ones do not
+    f = label.size / np.prod(SPEC.default_size)
+    ranges = [(int(max(40, 120 * f)), int(max(100, 400 * f)))] + small_object_sizes(rng)
     if rng.random() < 0.5:
-        ranges.append((60, 150))
+        ranges.append((int(max(30, 60 * f)), int(max(60, 150 * f))))
     for size_range in ranges:
         mask = place(rng, small_object_proposer(inner, size_range, z_scale), inner, taken, gap=2, size_range=size_range)
         if mask is not None:
@@ -120,7 +122,7 @@ SPEC = KindSpec(
     image_ext=".nii.gz",
     label_ext=".nii.gz",
     default_size=(20, 96, 96),
-    min_size=(10, 48, 48),
+    min_size=(12, 64, 64),
     sample_patient=sample_patient,
     render=render,
 )

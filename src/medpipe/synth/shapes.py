@@ -184,7 +184,11 @@ def small_object_proposer(
     ndim = region.ndim
     # in-plane pixel units; centres are drawn where the whole object fits inside the region
     sampling = (1.0 / max(z_scale, 1e-3), 1.0, 1.0) if ndim == 3 else None
-    depth = ndimage.distance_transform_edt(region, sampling=sampling)
+    depth = np.zeros(region.shape)
+    coords = np.argwhere(region)
+    if len(coords):  # distance only inside the region's bounding box (plus a zero border)
+        box = tuple(slice(max(lo_ - 1, 0), hi_ + 2) for lo_, hi_ in zip(coords.min(axis=0), coords.max(axis=0)))
+        depth[box] = ndimage.distance_transform_edt(region[box], sampling=sampling)
 
     def propose(rng: np.random.Generator) -> np.ndarray:
         target = rng.uniform(lo, hi)

@@ -69,7 +69,7 @@ def _nodules(label: np.ndarray, rng: np.random.Generator) -> None:
     lung = label == LUNG
     inner = ndimage.binary_erosion(lung, iterations=2)
     taken = label == HEART
-    big_r = (3.5 * h / 128, 6.5 * h / 128)
+    big_r = (max(3.0, 3.5 * h / 128), max(4.0, 6.5 * h / 128))  # never tiny on small images
     ranges: list[tuple[int, int] | None] = [None] + small_object_sizes(rng)
     if rng.random() < 0.5:
         ranges.append(None)
