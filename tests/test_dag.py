@@ -89,6 +89,11 @@ def study_tree(tmp_path_factory):
     return root, configfile
 
 
+@pytest.fixture(scope="module")
+def study_rules(study_tree):
+    return workflow_rules(*study_tree)
+
+
 def test_study_config_is_valid_and_holds_the_papers_datasets():
     config = resolved(STUDY)
     for role, names in PAPER_DATASETS.items():
@@ -115,14 +120,14 @@ def test_placeholder_tree_matches_every_glob(study_tree):
         assert len(list(Path(spec["images"]).parent.glob(Path(spec["images"]).name))) == 2, name
 
 
-def test_dry_run_job_counts_match_the_config(study_tree):
+@pytest.mark.slow
+def test_dry_run_job_counts_match_the_config(study_tree, study_rules):
     root, configfile = study_tree
     seconds, result = timed_dry_run(root, configfile)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     counts = job_counts(output)
-    rules = workflow_rules(root, configfile)
-    expected = {rule: n for rule, n in expected_counts(resolved(configfile)).items() if rule in rules}
+    expected = {rule: n for rule, n in expected_counts(resolved(configfile)).items() if rule in study_rules}
     unexplained = set(counts) - set(expected)
     assert not unexplained, f"rules {sorted(unexplained)} have no expected job count in tests/test_dag.py"
     assert counts == expected
@@ -140,6 +145,7 @@ def test_expected_counts_of_the_paper_study_by_hand():
     assert "synth" not in counts
 
 
+@pytest.mark.slow
 def test_study_config_replaces_the_demo_config(study_tree, tmp_path):
     """Run from a checkout (config/config.yaml present), `--configfile config/study.yaml` must give the
     study alone: Snakemake merges a `configfile:` directive's file with --configfile otherwise, and the
@@ -156,12 +162,13 @@ def test_study_config_replaces_the_demo_config(study_tree, tmp_path):
     assert counts["ingest"] == 35
 
 
-def test_dry_run_with_the_a100_profile_requests_what_the_rules_need(study_tree):
+@pytest.mark.slow
+def test_dry_run_with_the_a100_profile_requests_what_the_rules_need(study_tree, study_rules):
     root, configfile = study_tree
     result = snakemake(root, configfile, "-n", "-p", "--profile", str(PROFILES / "slurm-a100"))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    if "finetune" in workflow_rules(root, configfile):
+    if "finetune" in study_rules:
         blocks = [b for b in output.split("\n\n") if re.search(r"^rule finetune:", b, re.M)]
         assert len(blocks) == len(resolved(configfile)["finetune"]["runs"])
         for block in blocks:
@@ -185,10 +192,10 @@ def test_every_profile_key_is_commented(path):
             assert previous.startswith("#"), f"{path}:{number}: key `{match.group(2)}` has no comment"
 
 
-def test_a100_profile_sizes_every_rule_and_grows_resources_with_the_attempt(study_tree):
-    root, configfile = study_tree
+@pytest.mark.slow
+def test_a100_profile_sizes_every_rule_and_grows_resources_with_the_attempt(study_rules):
     profile = _profile(A100)
-    rules = workflow_rules(root, configfile) - {"all"}
+    rules = study_rules - {"all"}
     missing = rules - set(profile["set-resources"])
     assert not missing, f"profiles/slurm-a100 has no set-resources for {sorted(missing)}"
     for rule, resources in profile["set-resources"].items():

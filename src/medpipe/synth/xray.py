@@ -121,7 +121,7 @@ def render(p: dict, rng: np.random.Generator, size: tuple[int, ...]) -> Sample:
     att = ndimage.gaussian_filter(att, 0.8) * p["exposure"]
     att += rng.normal(0.0, 350.0, shape)
     image = np.clip(np.rint(att), 0, 65535).astype(np.uint16)
-    return Sample(image=image, label=label, spacing=(0.5 * 256 / h, 0.5 * 256 / w))
+    return Sample(image=image, label=label, spacing=(350.0 / h, 350.0 / w))  # a 35 cm field of view
 
 
 SPEC = KindSpec(
