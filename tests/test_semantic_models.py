@@ -1,6 +1,5 @@
 """SAM-UNETR 2D, MA-SAM 3D and Swin UNETR: shapes, parameter counts, adapters, positional embeddings."""
 
-import numpy as np
 import pytest
 import torch
 

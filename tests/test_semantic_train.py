@@ -16,7 +16,15 @@ from medpipe.semantic.command import run as run_command
 from medpipe.semantic.command import run_torch
 from medpipe.semantic.data import PatchSampler, SplitError, read_split
 from medpipe.semantic.evaluate import dice_rows, write_prediction
-from medpipe.semantic.preprocess import restore_logits, scale_intensity
+from medpipe.semantic.preprocess import (
+    channels_first,
+    intensity_range,
+    labels_to_sam,
+    restore_logits,
+    scale_intensity,
+    to_sam_batch,
+)
+from medpipe.semantic.swin_unetr import padded_size
 from medpipe.store import DatasetStore
 
 SCHEMA_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.01, "plateau_patience": 10, "plateau_factor": 0.5,
@@ -54,6 +62,28 @@ def test_patch_sampler_is_seeded_padded_and_scaled(data):
     assert all((sampler.sample()[1] > 0).any() for _ in range(5))  # foreground-centred patches
     with pytest.raises(ValueError, match="needs 3 axes"):
         PatchSampler(store, ["v0_vol"], (16, 16), np.random.default_rng(0))
+
+
+def test_intensity_scaling_by_hand():
+    assert np.allclose(scale_intensity(np.array([-10, 0, 50, 100, 200]), 0, 100), [0, 0, 127.5, 255, 255])
+    assert np.all(scale_intensity(np.full(4, 7), 7, 7) == 0)  # a constant case
+    lo, hi = intensity_range(np.arange(101))
+    assert (lo, hi) == (1.0, 99.0)
+
+
+def test_sam_geometry_of_batches_and_channels():
+    grey = torch.full((2, 1, 32, 64), 255.0)
+    x = to_sam_batch(grey, 64)
+    assert x.shape == (2, 3, 64, 64)
+    assert torch.all(x[:, :, 32:] == 0)  # bottom padding (after normalisation) is zero
+    assert torch.allclose(x[0, 0, 0, 0], torch.tensor((255 - 123.675) / 58.395))
+    labels = labels_to_sam(torch.tensor([[[0, 1], [2, 2]]]), 4)
+    assert labels.tolist() == [[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]]
+    assert channels_first(np.zeros((5, 6, 3)), 2).shape == (3, 5, 6)
+    assert channels_first(np.zeros((4, 5, 6)), 3).shape == (1, 4, 5, 6)
+    with pytest.raises(ValueError, match="not a 3D grey"):
+        channels_first(np.zeros((5, 6)), 3)
+    assert [padded_size(n) for n in (1, 40, 64, 65, 96)] == [64, 64, 64, 96, 96]
 
 
 def test_restore_logits_crops_padding_and_resizes():

@@ -141,7 +141,11 @@ def run(args) -> int:
         write_prediction(prediction, store.info(case_id).spacing, args.pred_dir, case_id)
     frame = write_table(rows, args.table)
     record.update({"settings": settings, **keys, "mean_dice": float(np.nanmean(frame["dice"])) if len(frame) else None})
-    Path(args.pred_dir, "training.json").write_text(json.dumps(record, indent=2, default=str))
+    record_path = Path(args.pred_dir, "training.json")
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_name(f".training.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, record_path)  # the rule's declared output: written last, atomically
     log.info("%s on %s: mean test Dice %.4f over %d cases", args.method, args.dataset, record["mean_dice"],
              len(split["test"]))
     return 0

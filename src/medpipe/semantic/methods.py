@@ -3,7 +3,8 @@
 Training patches are converted exactly like the windows of inference: a 2D window of
 ``patch`` pixels is resized to the SAM input size, and whole cases are predicted window by window
 (MONAI's sliding window, Gaussian-weighted), so the scale seen in training and test is the same
-whatever the image size. MA-SAM additionally slides through z in blocks with a halo.
+whatever the image size; with ``patch_size`` >= the image size (the paper: patch 512 on images of
+512) this is plain full-image inference. MA-SAM additionally slides through z in blocks with a halo.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 class nnUNetTrainerMedpipe(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
+                 device: torch.device = torch.device('cuda')):  # noqa: B008 - nnU-Net's exact signature
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(os.environ.get("MEDPIPE_NNUNET_EPOCHS", self.num_epochs))
         self.num_iterations_per_epoch = int(os.environ.get("MEDPIPE_NNUNET_ITERATIONS", self.num_iterations_per_epoch))
