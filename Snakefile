@@ -23,3 +23,4 @@ rule all:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/semantic.smk"
