@@ -217,6 +217,7 @@ def start_cluster(root: Path) -> LocalSlurm:
                 s.rstrip("*") in ("idle", "mixed", "allocated") for s in result.stdout.split())
 
         cluster.wait(node_idle, 60, "the node to become idle")
+        log.info("test SLURM cluster up in %s (slurmctld port from %s)", root, cluster.conf)
     except BaseException:
         stop_cluster(cluster)
         raise
@@ -236,6 +237,7 @@ def stop_cluster(cluster: LocalSlurm) -> None:
                 process.kill()
                 process.wait(timeout=10)
     cluster.processes.clear()
+    log.info("test SLURM cluster in %s stopped", cluster.root)
     if SYSTEM_CONF.is_symlink() and Path(os.readlink(SYSTEM_CONF)) == cluster.conf:
         SYSTEM_CONF.unlink()
 

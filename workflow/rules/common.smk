@@ -34,12 +34,27 @@ def synth_dir(name):
     return f"{SYNTH_ROOT}/{name}"
 
 
+def glob_root(pattern):
+    """The folder part of a glob before its first wildcard (`/data/x/*/img*.nii` -> `/data/x`)."""
+    parts = []
+    for part in pattern.split("/"):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    root = "/".join(parts[:-1] if len(parts) == len(pattern.split("/")) else parts)
+    return root or "."
+
+
 def ingest_inputs(wildcards):
-    """Raw files of a dataset, or the synth folder that will hold them for generated datasets."""
+    """The folders holding a dataset's raw files (or the synth folder that will hold them).
+
+    Folders, not files: listing millions of raw files as inputs would make every dry run slow;
+    adding or removing a file changes the folder's mtime, which still reruns the ingest.
+    """
     spec = config["datasets"][wildcards.dataset]
     if "synth" in spec:
         return [synth_dir(wildcards.dataset)]
-    return sorted(glob.glob(spec["images"])) + sorted(glob.glob(spec["labels"]))
+    return sorted({glob_root(spec["images"]), glob_root(spec["labels"])})
 
 
 def stores(names):

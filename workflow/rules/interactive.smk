@@ -30,8 +30,7 @@ IA_GRID = _IaParamspace(
             for p in IA_SECTION["grid3d"]["projections"]
             for e in IA_SECTION["grid3d"]["box_extensions"]
         ]
-    ),
-    filename_params="*",
+    )
 )
 
 

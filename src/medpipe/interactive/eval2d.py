@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from medpipe import prompts
 from medpipe.interactive.objects import MIN_OBJECT_PX, Obj, connected_objects
-from medpipe.interactive.predictor import BatchedPredictor
+from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
 from medpipe.interactive.tables import COLUMNS_2D, KEYS_2D, check_complete
 from medpipe.metrics import dice
 
@@ -96,8 +96,6 @@ def evaluate_dataset(
             continue
 
         def compute(case_id=case_id):
-            from medpipe.interactive.predictor import image_to_uint8_slices
-
             return predictor.encode(image_to_uint8_slices(store.image(case_id), 2)), label.shape[:2]
 
         embeddings, original_size = cache.get(case_id, compute)
