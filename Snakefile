@@ -28,3 +28,5 @@ rule all:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/semantic.smk"
+include: "workflow/rules/interactive.smk"
+include: "workflow/rules/aggregate.smk"

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from debian import ensure_debian_packages
+
 log = logging.getLogger(__name__)
 
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
@@ -48,15 +50,7 @@ def _free_port() -> int:
 
 def ensure_installed() -> None:
     """Install the Debian SLURM packages once; skip the test when that is impossible."""
-    if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in BINARIES):
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and cannot be installed (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if result.returncode != 0:
-            pytest.skip(f"`{' '.join(command)}` failed: {result.stderr[-500:]}")
+    ensure_debian_packages(PACKAGES, BINARIES)
 
 
 def _release_system_conf() -> None:

@@ -13,9 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from medpipe.sam import RANDOM_INIT, build_sam, checkpoint_label
+from medpipe.sam.names import RANDOM_INIT, checkpoint_label
 
 
 @dataclass(frozen=True)
@@ -54,12 +52,18 @@ def model_key(spec: ModelSpec, seed: int) -> str:
 
 def load_model(spec: ModelSpec, seed: int, device="cpu"):
     """The ``segment_anything.Sam`` of ``spec`` in eval mode (random init seeded with ``seed``)."""
+    import torch  # here, not at module level: workflow files import this module and must parse fast
+
+    from medpipe.sam import build_sam
+
     torch.manual_seed(seed)
     return build_sam(spec.type, spec.checkpoint, device=device)
 
 
 def pick_device(requested: str = "auto") -> str:
     """``cuda`` when asked for (or ``auto`` and a GPU is present), else ``cpu``."""
+    import torch
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested

@@ -16,12 +16,9 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-log = logging.getLogger(__name__)
+from medpipe.sam.names import MODEL_TYPES, RANDOM_INIT, SAM_TYPES, checkpoint_label  # noqa: F401
 
-#: label written into every output that comes from a model without pretrained weights
-RANDOM_INIT = "random-init"
-SAM_TYPES = ("vit_b", "vit_l", "vit_h")
-MODEL_TYPES = SAM_TYPES + ("tiny",)
+log = logging.getLogger(__name__)
 
 # The tiny SAM: 256 px input, 16 px patches -> 16x16 token grid, 8x8 attention windows.
 TINY = dict(img_size=256, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8,
@@ -30,11 +27,6 @@ TINY = dict(img_size=256, embed_dim=64, depth=2, num_heads=2, global_attn_indexe
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, not a SAM state dict, or does not match the model."""
-
-
-def checkpoint_label(checkpoint) -> str:
-    """How a base checkpoint is named in outputs: its path, or ``random-init`` for none."""
-    return RANDOM_INIT if checkpoint in (None, "", RANDOM_INIT) else str(checkpoint)
 
 
 def build_tiny_sam() -> Sam:
