@@ -12,7 +12,6 @@ one prediction; ``medpipe compat-table`` gathers the checks into the compatibili
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medpipe.io.checksum import sha256_of
 from medpipe.sam import SAM_TYPES, MODEL_TYPES, RANDOM_INIT
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,6 @@ def split_training_state(model_state: dict) -> tuple[dict, dict]:
     return sam_state, decoder_state
 
 
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -117,14 +109,14 @@ def export(training_ckpt, out) -> dict:
         raise ExportError(f"{training_ckpt}: no SAM weights in model_state")
     out.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(sam_state, out)
-    hashes = {out.name: sha256_file(out)}
+    hashes = {out.name: sha256_of(out)}
     decoder_out = decoder_path_for(out)
     if decoder_state:
         config = blob.get("sem_decoder_config")
         if config is None:
             raise ExportError(f"{training_ckpt}: has semantic decoder weights but no 'sem_decoder_config'")
         _save_atomic({"config": config, "state_dict": decoder_state}, decoder_out)
-        hashes[decoder_out.name] = sha256_file(decoder_out)
+        hashes[decoder_out.name] = sha256_of(decoder_out)
     elif decoder_out.exists():
         decoder_out.unlink()  # a stale decoder of an earlier export must not travel with this model
     _write_text_atomic("".join(f"{h}  {name}\n" for name, h in hashes.items()), sha_path_for(out))
@@ -225,7 +217,7 @@ def check_compat(path, model_type: str, predict: bool = True) -> dict:
         raise FileNotFoundError(f"{path}: exported model does not exist")
     libraries = [check_segment_anything(path, model_type, predict), check_micro_sam(path, model_type, predict)]
     sam_ok = libraries[0]["loads_strict"] and (libraries[0]["predicts"] or not predict)
-    return {"file": str(path), "model_type": model_type, "sha256": sha256_file(path), "compatible": bool(sam_ok),
+    return {"file": str(path), "model_type": model_type, "sha256": sha256_of(path), "compatible": bool(sam_ok),
             "libraries": libraries}
 
 
@@ -307,4 +299,4 @@ def run_compat_table(args) -> int:
     return 0
 
 
-__all__ = ["export", "check_compat", "split_training_state", "sha256_file", "RANDOM_INIT"]
+__all__ = ["export", "check_compat", "split_training_state", "RANDOM_INIT"]

@@ -9,7 +9,6 @@ next.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +34,13 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     return specs
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_key(spec: ModelSpec, seed: int) -> str:
     """What identifies the weights: the checkpoint's content hash, or type + seed for random init."""
     if checkpoint_label(spec.checkpoint) == RANDOM_INIT:
         return f"{spec.type}:{RANDOM_INIT}:seed{seed}"
-    return f"{spec.type}:sha256:{file_sha256(spec.checkpoint)}"
+    from medpipe.io.checksum import sha256_of  # lazily: workflow files import this module
+
+    return f"{spec.type}:sha256:{sha256_of(spec.checkpoint)}"
 
 
 def load_model(spec: ModelSpec, seed: int, device="cpu"):
