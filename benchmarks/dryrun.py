@@ -2,10 +2,9 @@
 
 Builds a placeholder raw tree (empty files matching every dataset's globs, see
 tests/dag_fixtures.py) with N cases per dataset and times the dry run of the whole workflow, with
-and without the slurm-a100 profile. Goal: the full study's DAG in < 10 s. The time grows with the
-number of raw files because the ingest jobs list every raw file as an input (Snakemake globs and
-stats them), so the table also reports seconds per thousand files to extrapolate to the real
-corpus (SA-Med2D-20M: 3.7M images + their labels).
+and without the slurm-a100 profile. Goal: the full study's DAG in < 10 s. The table also reports
+seconds per thousand raw files, to extrapolate to the real corpus (SA-Med2D-20M: 3.7M images +
+their labels); ingest jobs take the dataset folders as inputs, so this term should stay near zero.
 
     python benchmarks/dryrun.py                       # N = 2, 200, 2000
     python benchmarks/dryrun.py --cases 2 20000 --repeat 3
