@@ -20,6 +20,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "medpipe setup: pip install failed; full log in .venv/setup.log" >&2
         exit 1
     fi
+    # The SAM2 baseline: sam2 ships only as source; without its optional CUDA extension it is pure
+    # Python, and building against the installed torch avoids a second torch download.
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check 'setuptools>=69' wheel &&
+           SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install --disable-pip-version-check --no-build-isolation \
+               'sam2>=1.1,<2'; } >> .venv/setup.log 2>&1; then
+        tail -n 40 .venv/setup.log
+        echo "medpipe setup: installing sam2 failed; full log in .venv/setup.log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 else
     echo "medpipe setup: .venv is up to date"

@@ -56,7 +56,8 @@ def placeholder_config(root: Path, cases_per_dataset: int = 2, study: Path = STU
             if len(found) != cases_per_dataset:
                 raise AssertionError(f"{dataset}.{key}: {spec[key]} matches {len(found)} placeholder files, "
                                      f"expected {cases_per_dataset}")
-    for model in (config.get("models") or {}).values():
+    sam2_models = (config.get("interactive") or {}).get("sam2") or {}
+    for model in [*(config.get("models") or {}).values(), *sam2_models.values()]:
         if model.get("checkpoint"):
             path = Path(model["checkpoint"])
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     models = list(config["models"]) + runs  # every base model and every finetune export is evaluated
     counts["interactive2d"] = len(models) * len(datasets_with_role(config, "interactive2d"))
     counts["interactive3d"] = len(models) * len(datasets_with_role(config, "interactive3d"))
+    counts["interactive3d_sam2"] = len(config["interactive"]["sam2"]) * len(datasets_with_role(config, "interactive3d"))
     counts["aggregate_interactive"] = int(bool(counts["interactive2d"]))
     sem = config["semantic"]
     backbones = sem["backbones"] if sem["backbones"] is not None else models

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compat-table": ("medpipe.export", "collect compatibility checks into the compatibility table"),
     "eval2d": ("medpipe.interactive.command", "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)"),
     "eval3d": ("medpipe.interactive.command", "interactive 3D evaluation: grid search on val, chosen setting and oracle on test"),
+    "eval3d-sam2": ("medpipe.interactive.sam2_baseline", "interactive 3D baseline: SAM2 video propagation on test volumes"),
     "aggregate-interactive": ("medpipe.aggregate.interactive", "tables and figures of the interactive evaluation"),
     "semantic-run": ("medpipe.semantic.command", "train and test one semantic segmentation method on one dataset and seed"),
     "semantic-aggregate": ("medpipe.aggregate.semantic", "semantic result tables -> summary, seed statistics, paired tests, figures"),

@@ -149,5 +149,35 @@ rule interactive3d_grid_point:
         "&& rmdir {params.out_dir}"
 
 
+rule interactive3d_sam2:
+    # SAM2-family baseline (interactive.sam2): video propagation on the test volumes, same objects,
+    # start slices and first prompts as the SAM propagation above.
+    input:
+        store=f"{R}/data/{{dataset}}.zarr",
+        splits=f"{R}/splits/{{dataset}}.tsv",
+        checkpoint=lambda wc: [c] if (c := IA_SECTION["sam2"][wc.sam2].get("checkpoint")) else [],
+    output:
+        f"{R}/interactive3d_sam2/{{sam2}}/{{dataset}}.tsv",
+    wildcard_constraints:
+        dataset="|".join(IA_DATASETS_3D) or "(?!x)x",
+        sam2="|".join(IA_SECTION["sam2"]) or "(?!x)x",
+    params:
+        spec=lambda wc: IA_SECTION["sam2"][wc.sam2],
+        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+    log:
+        f"{R}/logs/interactive3d_sam2/{{sam2}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/interactive3d_sam2/{{sam2}}/{{dataset}}.tsv"
+    resources:
+        gpu=gpu_count("interactive"),
+        mem_mb=IA_SECTION["mem_mb"],
+        runtime=IA_SECTION["runtime"],
+        cpus_per_task=IA_SECTION["cpus_per_task"],
+    shell:
+        "medpipe eval3d-sam2 --config {CONFIG} --model {wildcards.sam2} --dataset {wildcards.dataset} "
+        "--store {input.store} --splits {input.splits} --device {params.device} --out {output} > {log} 2>&1"
+
+
 TARGETS.extend(ia_tables_2d())
 TARGETS.extend(ia_tables_3d())
+TARGETS.extend(f"{R}/interactive3d_sam2/{m}/{d}.tsv" for m in IA_SECTION["sam2"] for d in IA_DATASETS_3D)
