@@ -8,6 +8,7 @@ import torch
 from medpipe.interactive import grid, propagate3d
 from medpipe.interactive.predictor import Prediction
 from medpipe.interactive.tables import MissingResultError
+from medpipe.metrics import dice
 
 
 def square(shape=(40, 40), y0=10, y1=30, x0=8, x1=28):
@@ -95,6 +96,55 @@ def test_empty_previous_mask_stops_propagation():
     assert out.any(axis=(1, 2)).tolist() == [True, True, True, False, False]
     assert [c[0] for c in oracle.calls] == [1, 0, 3]
 
+
+
+def test_whole_grid_shares_walks_and_equals_each_point_alone():
+    """Hand-built: thresholds share one walk; single_point ignores the extension; results = per point."""
+    z_count = 9
+    target = np.stack([square() for _ in range(z_count)])
+    masks = target.copy()
+    masks[1] = square(y0=10, y1=30, x0=8, x1=14)  # IoU 0.3 with its predecessor
+    masks[7] = square(y0=10, y1=30, x0=8, x1=24)  # IoU 0.8
+    embeddings = np.arange(z_count, dtype=float)[:, None]
+    points = grid.make_grid([0.5, 0.7, 0.9], ["box", "single_point"], [0.0, 0.1])
+    shared = SliceOracle(masks)
+    scores = propagate3d.score_grid(shared, embeddings, (40, 40), masks[4], 4, points, target)
+    # 3 distinct walks (box/0.0, box/0.1, single_point) of 7 decoder calls each, not 12 points x 7
+    assert len(shared.calls) == 3 * 7
+    for point, (score, n_slices) in zip(points, scores):
+        alone = propagate3d.propagate(SliceOracle(masks), embeddings, (40, 40), masks[4], 4, point)
+        assert score == pytest.approx(dice(alone, target)) and n_slices == int(alone.any(axis=(1, 2)).sum())
+    # by hand, threshold 0.5: slices 2..8 kept (7 slices), slice 7 is 320 of 400 px:
+    # Dice = 2 * (6 * 400 + 320) / (6 * 400 + 320 + 9 * 400)
+    assert scores[0] == (pytest.approx(2 * 2720 / (2720 + 3600)), 7)
+    # threshold 0.9 stops before slice 7: slices 2..6 (5 slices)
+    assert scores[-1] == (pytest.approx(2 * 2000 / (2000 + 3600)), 5)
+
+
+def test_whole_grid_with_a_real_sam_equals_each_point_alone():
+    """The shared walks of a tiny random SAM give exactly the reference per-point propagation."""
+    from medpipe.interactive.models import ModelSpec, load_model
+    from medpipe.interactive.objects import connected_objects, start_slice
+    from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
+    from interactive_fixtures import volume_3d
+
+    image, label = volume_3d(3, (8, 48, 48))
+    predictor = BatchedPredictor(load_model(ModelSpec("tiny", "tiny", None), seed=0, device="cpu"))
+    embeddings = predictor.encode(image_to_uint8_slices(image, 3))
+    points = grid.make_grid([0.5, 0.7, 0.9], list(propagate3d.PROJECTIONS), [0.0, 0.1])
+    checked = 0
+    for obj in connected_objects(label, {1: "ball", 2: "box"}, 20):
+        z = start_slice(obj.mask)
+        if z is None:
+            continue
+        first = predictor.predict(embeddings[z], (48, 48), boxes=propagate3d.prompts.tight_bbox(obj.mask[z])[None]).masks[0]
+        scores = propagate3d.score_grid(predictor, embeddings, (48, 48), first, z, points, obj.mask)
+        for point, (score, n_slices) in zip(points, scores):
+            alone = propagate3d.propagate(predictor, embeddings, (48, 48), first, z, point)
+            assert score == dice(alone, obj.mask), point
+            assert n_slices == int(alone.any(axis=(1, 2)).sum()), point
+        checked += 1
+    assert checked >= 2
 
 def grid_rows(scores):
     """Validation rows: scores[(projection, iou_threshold)] = per-case Dice list."""

@@ -2,8 +2,9 @@
 
 The reference code picked the best of 275 settings per *test* volume (an oracle) and recomputed
 every volume's embeddings for every setting. Here each volume's slice embeddings are read once
-(from the cache) and reused for the whole grid, and even the start-slice prediction (which no
-grid parameter changes) is made once per object; the setting with the best validation Dice is
+(from the cache) and reused for the whole grid, the start-slice prediction (which no grid
+parameter changes) is made once per object, and grid points that prompt identically share one
+walk through the volume (``propagate3d.score_grid``); the setting with the best validation Dice is
 chosen per (model, dataset, start) and applied to the test volumes. The per-volume oracle is
 still computed for comparison with the paper, as a separate, clearly labelled table.
 """
@@ -21,9 +22,8 @@ from tqdm import tqdm
 from medpipe.aggregate.stats import hierarchical_mean
 from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
 from medpipe.interactive.predictor import image_to_uint8_slices
-from medpipe.interactive.propagate3d import GridPoint, first_slice_prompts, predict_slice, propagate
+from medpipe.interactive.propagate3d import GridPoint, first_slice_prompts, predict_slice, score_grid
 from medpipe.interactive.tables import COLUMNS_3D, GRID, MissingResultError
-from medpipe.metrics import dice
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def evaluate_volume(predictor, embeddings, original_size, label, classes, grid, 
             for seed in seeds:
                 rng = volume_rng(seed, meta["case"], obj.class_id, obj.index, start)
                 first = predict_slice(predictor, embeddings[z], original_size, first_slice_prompts(obj.mask[z], start, rng))
-                for point in grid:
-                    seg = propagate(predictor, embeddings, original_size, first, z, point)
+                scores = score_grid(predictor, embeddings, original_size, first, z, grid, obj.mask)
+                for point, (score, n_slices) in zip(grid, scores):
                     rows.append({**meta, "class_id": obj.class_id, "class": obj.class_name, "object": obj.index,
-                                 "z_start": z, "start": start, **point.as_dict(), "dice": dice(seg, obj.mask),
-                                 "n_slices": int(seg.any(axis=(1, 2)).sum()), "seed": seed})
+                                 "z_start": z, "start": start, **point.as_dict(), "dice": score,
+                                 "n_slices": n_slices, "seed": seed})
     return rows
 
 

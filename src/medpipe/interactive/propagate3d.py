@@ -125,23 +125,84 @@ def predict_slice(predictor, embedding, original_size, prompt: dict, prev_mask=N
     return predictor.predict(embedding, original_size, points, labels, boxes, mask_input=mask_input).masks[0]
 
 
+def propagation_steps(predictor, embeddings, original_size, first_mask: np.ndarray, z_start: int, step: int,
+                      projection: str, box_extension: float, stop_below: float):
+    """Yield ``(z, mask, iou_with_previous)`` slice by slice in one direction (``step`` = -1 or +1).
+
+    The slice whose IoU falls below ``stop_below`` is yielded too (the caller discards it) and
+    ends the walk, as do the volume's end and an empty previous mask. The prompts never depend
+    on the threshold, so a walk at the lowest threshold of a grid contains the walk of every
+    higher threshold as a prefix.
+    """
+    prev, z = first_mask, z_start + step
+    while 0 <= z < len(embeddings) and prev.any():
+        prompt = projection_prompts(prev, projection, box_extension)
+        current = predict_slice(predictor, embeddings[z], original_size, prompt, prev)
+        overlap = iou(prev, current)
+        yield z, current, overlap
+        if overlap < stop_below:
+            return
+        prev, z = current, z + step
+
+
 def propagate(predictor, embeddings, original_size, first_mask: np.ndarray, z_start: int, grid: GridPoint):
     """Propagate ``first_mask`` (the start slice's prediction) through the volume; returns (Z, H, W) bool.
 
     ``embeddings`` is indexable by slice (S, C, h, w). Each direction stops at the volume's end,
     when the previous mask is empty, or when IoU(previous, new) < ``grid.iou_threshold`` (the new
-    mask is then discarded, as in the reference code).
+    mask is then discarded, as in the reference code). This is one grid point alone, the way the
+    reference code runs it; ``score_grid`` gives the same result for a whole grid at once.
     """
-    n_slices = len(embeddings)
-    out = np.zeros((n_slices, *original_size), dtype=bool)
+    out = np.zeros((len(embeddings), *original_size), dtype=bool)
     out[z_start] = first_mask
     for step in (-1, 1):
-        prev, z = first_mask, z_start + step
-        while 0 <= z < n_slices and prev.any():
-            prompt = projection_prompts(prev, grid.projection, grid.box_extension)
-            current = predict_slice(predictor, embeddings[z], original_size, prompt, prev)
-            if iou(prev, current) < grid.iou_threshold:
+        for z, mask, overlap in propagation_steps(predictor, embeddings, original_size, first_mask, z_start, step,
+                                                  grid.projection, grid.box_extension, grid.iou_threshold):
+            if overlap < grid.iou_threshold:
                 break
-            out[z] = current
-            prev, z = current, z + step
+            out[z] = mask
     return out
+
+
+def propagation_key(point: GridPoint) -> tuple[str, float | None]:
+    """Grid points with equal keys prompt every slice identically; they differ only in where they stop.
+
+    The IoU threshold only decides where a walk stops, and ``single_point`` ignores the box
+    extension, so the 275-point paper grid needs 45 distinct walks (4 modes x 11 extensions + 1).
+    """
+    return point.projection, (None if point.projection == "single_point" else point.box_extension)
+
+
+def score_grid(predictor, embeddings, original_size, first_mask: np.ndarray, z_start: int,
+               points: list[GridPoint], target: np.ndarray) -> list[tuple[float, int]]:
+    """``(dice, n_slices)`` against ``target`` (Z, H, W) for every grid point, equal to ``propagate`` per point.
+
+    Each distinct walk (``propagation_key``) runs once at its group's lowest threshold; a higher
+    threshold's result is a prefix of it. Only per-slice overlap counts are kept, never a volume
+    per grid point, so memory does not grow with the grid.
+    """
+    target = np.asarray(target, dtype=bool)
+    target_area = int(target.sum())
+    first_inter, first_area = int((first_mask & target[z_start]).sum()), int(first_mask.sum())
+    groups: dict[tuple, list[int]] = {}
+    for i, point in enumerate(points):
+        groups.setdefault(propagation_key(point), []).append(i)
+    results: list[tuple[float, int] | None] = [None] * len(points)
+    for (projection, box_extension), members in groups.items():
+        lowest = min(points[i].iou_threshold for i in members)
+        walks = [
+            [(overlap, int((mask & target[z]).sum()), int(mask.sum()))
+             for z, mask, overlap in propagation_steps(predictor, embeddings, original_size, first_mask, z_start,
+                                                       step, projection, box_extension or 0.0, lowest)]
+            for step in (-1, 1)
+        ]
+        for i in members:
+            inter, area, n_slices = first_inter, first_area, int(first_area > 0)
+            for walk in walks:
+                for overlap, slice_inter, slice_area in walk:
+                    if overlap < points[i].iou_threshold:
+                        break
+                    inter, area, n_slices = inter + slice_inter, area + slice_area, n_slices + int(slice_area > 0)
+            denominator = area + target_area
+            results[i] = (2.0 * inter / denominator if denominator else 1.0, n_slices)
+    return results
