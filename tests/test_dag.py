@@ -57,8 +57,11 @@ def expected_counts(config: dict) -> dict[str, int]:
         counts.update(finetune=len(runs), export_model=len(runs) - len(esem), export_model_with_decoder=len(esem),
                       check_compat=len(runs), compat_table=1)
     models = list(config["models"]) + runs  # every base model and every finetune export is evaluated
-    counts["interactive2d"] = len(models) * len(datasets_with_role(config, "interactive2d"))
-    counts["interactive3d"] = len(models) * len(datasets_with_role(config, "interactive3d"))
+    section = config["interactive"]
+    interactive2d, interactive3d = datasets_with_role(config, "interactive2d"), datasets_with_role(config, "interactive3d")
+    counts["interactive_embed"] = len(models) * len(set(interactive2d) | set(interactive3d))
+    counts["interactive2d"] = len(models) * len(interactive2d) * len(section["starts"]) * len(section["masks"])
+    counts["interactive3d"] = len(models) * len(interactive3d) * len(section["starts3d"])
     counts["interactive3d_sam2"] = len(config["interactive"]["sam2"]) * len(datasets_with_role(config, "interactive3d"))
     counts["aggregate_interactive"] = int(bool(counts["interactive2d"]))
     sem = config["semantic"]
@@ -141,7 +144,10 @@ def test_expected_counts_of_the_paper_study_by_hand():
     counts = expected_counts(resolved(STUDY))
     assert counts["ingest"] == counts["split"] == 35
     assert counts["finetune"] == 4 and counts["export_model"] == 3 and counts["export_model_with_decoder"] == 1
-    assert counts["interactive2d"] == 96 and counts["interactive3d"] == 36
+    # one job per setting: 2D point/box x mask prompts off/on, 3D box/point; one embedding job per
+    # model and dataset (duke_liver and microusp have both roles: 16 + 6 - 2 = 20 datasets)
+    assert counts["interactive2d"] == 96 * 4 and counts["interactive3d"] == 36 * 2
+    assert counts["interactive_embed"] == 6 * 20
     assert counts["semantic_run"] == 42 + 36 + 12 + 12
     assert "synth" not in counts
 

@@ -12,6 +12,7 @@ from medpipe.cli import main
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, EmbeddingCacheError
 from medpipe.interactive.models import ModelSpec, load_model, model_key
+from medpipe.interactive.objects import connected_objects
 from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.interactive.tables import COLUMNS_2D, MissingResultError, check_complete
 from medpipe.store import DatasetStore
@@ -101,27 +102,76 @@ def test_3d_grid_reuses_each_volumes_embeddings(tmp_path):
     assert len(chosen) == 2 and (chosen["grid_points"] == 8).all()
 
 
+
+def test_settings_evaluated_apart_equal_settings_evaluated_together(store2d, tmp_path):
+    """One job per setting (start x masks) gives the rows of the all-settings run, number for number."""
+    predictor, _ = counted_predictor()
+    cache = EmbeddingCache(tmp_path / "emb.zarr", "tiny", "k", predictor.img_size)
+    together = eval2d.evaluate_dataset(predictor, cache, store2d, ["c0", "c1"], "tiny", seeds=(0, 1), n_iterations=2)
+    apart = pd.concat([
+        eval2d.evaluate_dataset(predictor, cache, store2d, ["c0", "c1"], "tiny", starts=[start], masks_settings=[masks],
+                                seeds=(0, 1), n_iterations=2)
+        for start in eval2d.STARTS for masks in eval2d.MASKS], ignore_index=True)
+    keys = ["case", "object", "class_id", "start", "masks", "seed", "iteration"]
+    pd.testing.assert_frame_equal(together.sort_values(keys, ignore_index=True), apart.sort_values(keys, ignore_index=True))
+
+
+def test_2d_protocol_on_a_volume_evaluates_each_slice_with_objects(tmp_path):
+    """A 3D dataset in the 2D evaluation is split into images: one per slice that has an object."""
+    store = DatasetStore(write_store(tmp_path / "d3.zarr", "d3", 3, {1: "ball", 2: "box"}, {"v0": volume_3d(0)}))
+    label = store.label("v0")
+    expected_slices = [z for z in range(len(label)) if connected_objects(label[z], store.classes)]
+    predictor, calls = counted_predictor()
+    cache = EmbeddingCache(tmp_path / "slices.zarr", "tiny", "k", predictor.img_size)
+    table = eval2d.evaluate_dataset(predictor, cache, store, ["v0"], "tiny", starts=["box"], masks_settings=["off"],
+                                    n_iterations=1)
+    assert sorted(set(table["case"])) == [f"v0@z{z:04d}" for z in expected_slices]
+    assert len(calls) == len(expected_slices) < len(label)  # slices without objects are never encoded
+    # slice 4 has the ball's widest section (r = 8 px) and the box: 2 objects
+    assert table[(table["case"] == "v0@z0004") & (table["iteration"] == 0)]["class"].tolist() == ["ball", "box"]
+    # with a whole-volume entry (made by the 3D evaluation) the slices are read from it: same Dice, no pass
+    whole = EmbeddingCache(tmp_path / "whole.zarr", "tiny", "k", predictor.img_size)
+    grid.evaluate_split(predictor, whole, store, ["v0"], "val", grid.make_grid([0.5], ["box"], [0.0]), ["box"], [0], "t")
+    passes = len(calls)
+    again = eval2d.evaluate_dataset(predictor, whole, store, ["v0"], "tiny", starts=["box"], masks_settings=["off"],
+                                    n_iterations=1)
+    assert len(calls) == passes
+    np.testing.assert_allclose(again["dice"], table["dice"], atol=1e-6)
+
 @pytest.mark.slow
-def test_cli_eval2d_and_eval3d_write_tables(tmp_path):
+def test_cli_embed_then_eval2d_and_eval3d_per_setting(tmp_path):
     write_store(tmp_path / "d2.zarr", "d2", 2, {1: "disc", 2: "square"}, {f"c{i}": image_2d(i) for i in range(2)})
     write_splits(tmp_path / "d2.tsv", "d2", {"c0": "test", "c1": "val"})
-    write_store(tmp_path / "d3.zarr", "d3", 3, {1: "ball", 2: "box"}, {f"v{i}": volume_3d(i) for i in range(2)})
-    write_splits(tmp_path / "d3.tsv", "d3", {"v0": "val", "v1": "test"})
-    config = {"datasets": {"d2": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y", "classes": {1: "a"}}},
+    write_store(tmp_path / "d3.zarr", "d3", 3, {1: "ball", 2: "box"}, {f"v{i}": volume_3d(i) for i in range(3)})
+    write_splits(tmp_path / "d3.tsv", "d3", {"v0": "val", "v1": "test", "v2": "train"})
+    dataset = {"modality": "ct", "images": "x", "labels": "y", "classes": {1: "a"}}
+    config = {"datasets": {"d2": {**dataset, "ndim": 2, "roles": ["interactive2d"]},
+                           "d3": {**dataset, "ndim": 3, "roles": ["interactive2d", "interactive3d"]}},
               "interactive": {"n_iterations": 1, "starts": ["box"], "masks": ["off"],
                               "grid3d": {"iou_thresholds": [0.5], "projections": ["mask", "points"], "box_extensions": [0.0]}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     common = ["--config", str(tmp_path / "c.yaml"), "--model", "sam_tiny", "--threads", "1"]
-    assert main(["eval2d", *common, "--dataset", "d2", "--store", str(tmp_path / "d2.zarr"), "--splits",
-                 str(tmp_path / "d2.tsv"), "--cache", str(tmp_path / "e2.zarr"), "--out", str(tmp_path / "o2.tsv")]) == 0
+    d2 = ["--dataset", "d2", "--store", str(tmp_path / "d2.zarr"), "--splits", str(tmp_path / "d2.tsv"),
+          "--cache", str(tmp_path / "e2.zarr")]
+    d3 = ["--dataset", "d3", "--store", str(tmp_path / "d3.zarr"), "--splits", str(tmp_path / "d3.tsv"),
+          "--cache", str(tmp_path / "e3.zarr")]
+
+    def entries(cache):
+        return sorted(p.name for p in (tmp_path / cache).iterdir() if not p.name.startswith(("zarr", ".")))
+
+    assert main(["embed", *common, *d2]) == 0 and entries("e2.zarr") == ["c0"]  # the test split only
+    assert main(["embed", *common, *d3]) == 0 and entries("e3.zarr") == ["v0", "v1"]  # val + test volumes
+    assert main(["eval2d", *common, *d2, "--out", str(tmp_path / "o2.tsv")]) == 0
     t2 = pd.read_csv(tmp_path / "o2.tsv", sep="\t")
     assert set(t2["case"]) == {"c0"} and len(t2) == 3 * 2  # test split only: 3 objects x 2 iterations
-    assert main(["eval3d", *common, "--dataset", "d3", "--store", str(tmp_path / "d3.zarr"), "--splits",
-                 str(tmp_path / "d3.tsv"), "--cache", str(tmp_path / "e3.zarr"), "--out-dir", str(tmp_path / "o3")]) == 0
+    # the 2D protocol on the volume: its test volume's slices, read from the 3D entry (no new entry)
+    assert main(["eval2d", *common, *d3, "--start", "box", "--masks", "off", "--out", str(tmp_path / "o2v.tsv")]) == 0
+    assert set(pd.read_csv(tmp_path / "o2v.tsv", sep="\t")["case"].str.split("@").str[0]) == {"v1"}
+    assert entries("e3.zarr") == ["v0", "v1"]
+    assert main(["eval3d", *common, *d3, "--starts", "point", "--out-dir", str(tmp_path / "o3")]) == 0
     selected = pd.read_csv(tmp_path / "o3/selected.tsv", sep="\t")
     test = pd.read_csv(tmp_path / "o3/test.tsv", sep="\t")
-    assert sorted(selected["start"]) == ["box", "point"]
-    assert set(test["case"]) == {"v1"} and set(test["split"]) == {"test"}
-    for row in selected.itertuples():
-        assert set(test[test["start"] == row.start]["projection"]) == {row.projection}
-    assert (tmp_path / "o3/oracle.tsv").exists()
+    assert selected["start"].tolist() == ["point"]  # one job per first prompt
+    assert set(test["case"]) == {"v1"} and set(test["split"]) == {"test"} and set(test["start"]) == {"point"}
+    assert set(test["projection"]) == {selected["projection"].iloc[0]}
+    assert (tmp_path / "o3/oracle.tsv").exists() and entries("e3.zarr") == ["v0", "v1"]

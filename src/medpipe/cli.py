@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("medpipe.export", "export a training checkpoint as a segment_anything-loadable .pth"),
     "check-compat": ("medpipe.export", "check that an exported .pth loads strictly in segment_anything and predicts"),
     "compat-table": ("medpipe.export", "collect compatibility checks into the compatibility table"),
+    "embed": ("medpipe.interactive.command", "encode once every image the interactive evaluation of one dataset uses"),
     "eval2d": ("medpipe.interactive.command", "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)"),
     "eval3d": ("medpipe.interactive.command", "interactive 3D evaluation: grid search on val, chosen setting and oracle on test"),
     "eval3d-sam2": ("medpipe.interactive.sam2_baseline", "interactive 3D baseline: SAM2 video propagation on test volumes"),

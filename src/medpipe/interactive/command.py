@@ -1,7 +1,10 @@
-"""``medpipe eval2d`` and ``medpipe eval3d``: one model on one dataset, settings from the config.
+"""``medpipe embed``, ``eval2d`` and ``eval3d``: one model on one dataset.
 
-Both read the validated config snapshot, the dataset store and its split table, keep the
-model's image embeddings in an on-disk cache, and write tidy TSV tables atomically.
+``embed`` fills the model's embedding cache with every image the evaluation of the dataset will
+use, once; ``eval2d`` (one or more settings) and ``eval3d`` (one or more first-slice prompts) then
+only run prompt encoder and mask decoder on it, so the pipeline can give every setting a job of its
+own without encoding anything twice. All read the validated config snapshot, the dataset store
+and its split table, and write tidy TSV tables atomically.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from medpipe.config import load_config
 from medpipe.interactive import eval2d, grid
-from medpipe.interactive.embeddings import EmbeddingCache
+from medpipe.interactive.embeddings import EmbeddingCache, case_embeddings
 from medpipe.interactive.models import load_model, model_key, model_specs, pick_device
 from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.interactive.tables import GRID, write_tsv
@@ -62,6 +66,30 @@ def _setup(args):
     return config, predictor, cache, DatasetStore(args.store)
 
 
+def add_arguments_embed(parser) -> None:
+    _common(parser)
+
+
+def run_embed(args) -> int:
+    """Encode what the dataset's interactive roles will read: 3D val + test volumes, 2D images / slices."""
+    config, predictor, cache, store = _setup(args)
+    section = config["interactive"]
+    if args.dataset not in config["datasets"]:
+        raise SystemExit(f"{args.config}: dataset {args.dataset!r} is not configured")
+    roles = config["datasets"][args.dataset].get("roles", [])
+    volumes = split_cases(args.splits, args.dataset, "val") + split_cases(args.splits, args.dataset, "test")
+    if "interactive3d" in roles:
+        for case_id in tqdm(volumes, desc=f"embed {args.model}/{args.dataset} volumes", unit="volume"):
+            case_embeddings(cache, predictor, store, case_id)
+    if "interactive2d" in roles:
+        for case_id in tqdm(split_cases(args.splits, args.dataset, section["split2d"]),
+                            desc=f"embed {args.model}/{args.dataset} images", unit="case"):
+            for _ in eval2d.images_of_case(predictor, cache, store, case_id, section["min_object_px"]):
+                pass  # encodes (or finds) every image the 2D protocol will prompt
+    log.info("%s: %d encoder passes", cache.path, cache.computed)
+    return 0
+
+
 def add_arguments_eval2d(parser) -> None:
     _common(parser)
     parser.add_argument("--start", nargs="+", choices=eval2d.STARTS, help="override interactive.starts")
@@ -92,6 +120,7 @@ def add_arguments_eval3d(parser) -> None:
     parser.add_argument("--projections", nargs="+", help="override the grid")
     parser.add_argument("--box-extensions", nargs="+", type=float, help="override the grid")
     parser.add_argument("--grid-only", action="store_true", help="only evaluate the grid on validation volumes")
+    parser.add_argument("--starts", nargs="+", choices=grid.STARTS_3D, help="override interactive.starts3d")
 
 
 def run_eval3d(args) -> int:
@@ -99,7 +128,7 @@ def run_eval3d(args) -> int:
     section = config["interactive"]["grid3d"]
     points = grid.make_grid(args.iou_thresholds or section["iou_thresholds"], args.projections or section["projections"],
                             args.box_extensions or section["box_extensions"])
-    starts, seeds = config["interactive"]["starts3d"], config["interactive"]["seeds"]
+    starts, seeds = args.starts or config["interactive"]["starts3d"], config["interactive"]["seeds"]
     min_px = config["interactive"]["min_object_px"]
     out = Path(args.out_dir)
     val_cases = split_cases(args.splits, args.dataset, "val")

@@ -6,7 +6,9 @@ once per model and stored; every object, iteration, setting, seed and grid point
 
 Layout: ``<cache>.zarr/`` group with attrs ``{model, model_key, img_size}``; one array per case,
 shape (S, C, h, w) float32 (S = 1 for 2D images, the number of slices for volumes), chunked one
-slice per chunk, with attrs ``{original_size, complete}``. An array is written under a temporary
+slice per chunk, with attrs ``{original_size, complete}``. The 2D protocol on a volume that the 3D
+evaluation does not cover stores single slices as ``<case>@z<z>`` (S = 1) instead, so slices
+without objects are never encoded. An array is written under a temporary
 name and renamed when complete, so a killed job never leaves a half-written embedding behind.
 A cache whose ``model_key`` differs from the current model's (another checkpoint) is refused.
 """
@@ -87,3 +89,50 @@ class EmbeddingCache:
         os.replace(tmp, final)
         log.debug("cached embeddings of %s (%d slices) in %s", case_id, len(embeddings), self.path)
         return embeddings, tuple(int(s) for s in original_size)
+
+    def read_slice(self, case_id: str, index: int) -> np.ndarray:
+        """One slice (C, h, w) of a complete entry, read without loading the rest of the volume."""
+        if not self.has(case_id):
+            raise EmbeddingCacheError(f"{self.path}: no complete entry for {case_id!r}")
+        return zarr.open_array(str(self.path / self._name(case_id)), mode="r")[index]
+
+
+def slice_entry(case_id: str, z: int) -> str:
+    """The cache entry (and result-table image id) of slice ``z`` of a volume."""
+    return f"{case_id}@z{z:04d}"
+
+
+def case_embeddings(cache: EmbeddingCache, predictor, store, case_id: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(embeddings (S, C, h, w), original_size)`` of a whole case, encoded only on a cache miss."""
+    from medpipe.interactive.predictor import image_to_uint8_slices
+
+    def compute():
+        slices = image_to_uint8_slices(store.image(case_id), store.ndim)
+        return predictor.encode(slices), tuple(store.label_array(case_id).shape[-2:])
+
+    return cache.get(case_id, compute)
+
+
+def slice_embeddings(cache: EmbeddingCache, predictor, store, case_id: str, slices):
+    """Yield ``(z, embedding (C, h, w))`` for the given slices of a volume (2D protocol on 3D data).
+
+    A whole-volume entry (made for the 3D evaluation) is read slice by slice; otherwise each slice
+    gets its own entry. Either way a slice is normalised with its whole volume's intensity range,
+    so both hold the same numbers, and the volume is read at most once.
+    """
+    from medpipe.interactive.predictor import image_to_uint8_slices
+
+    whole = cache.has(case_id)
+    volume = None
+    for z in slices:
+        if whole:
+            yield z, cache.read_slice(case_id, z)
+            continue
+
+        def compute(z=z):
+            nonlocal volume
+            if volume is None:
+                volume = image_to_uint8_slices(store.image(case_id), 3)
+            return predictor.encode(volume[z : z + 1]), volume.shape[1:3]
+
+        yield z, cache.get(slice_entry(case_id, z), compute)[0][0]

@@ -11,7 +11,8 @@ px), all objects of the image are prompted together (up to 32 per decoder call):
 
 Dice is recorded per object after the first prompt (iteration 0) and after every round. The
 image embedding comes from the on-disk cache, so the encoder runs once per image and model,
-whatever the number of settings, seeds and iterations.
+whatever the number of settings, seeds and iterations. A 3D dataset is evaluated slice by slice:
+each slice with an object is an image of its own (the paper's 2D evaluation of CT/MRI datasets).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from medpipe import prompts
-from medpipe.interactive.objects import MIN_OBJECT_PX, Obj, connected_objects
-from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
+from medpipe.interactive.embeddings import case_embeddings, slice_embeddings, slice_entry
+from medpipe.interactive.objects import MIN_OBJECT_PX, Obj, connected_objects, objects_per_slice
+from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.interactive.tables import COLUMNS_2D, KEYS_2D, check_complete
 from medpipe.metrics import dice
 
@@ -72,6 +74,27 @@ def evaluate_objects(
     return scores
 
 
+def images_of_case(predictor: BatchedPredictor, cache, store, case_id: str, min_object_px: int = MIN_OBJECT_PX):
+    """Yield ``(image_id, embedding (C, h, w), original_size, objects)`` for each 2D image of a case.
+
+    A 2D case is one image. A volume is split into separate images, as the paper does for its 3D
+    datasets in the 2D evaluation: every slice with an object is one image, ``<case>@z<z>``.
+    Images without an object >= ``min_object_px`` are skipped (and never encoded).
+    """
+    label = store.label(case_id)
+    if store.ndim == 2:
+        objects = connected_objects(label, store.classes, min_object_px)
+        if not objects:
+            log.info("%s: %s has no object >= %d px; skipped", store.name, case_id, min_object_px)
+            return
+        embeddings, original_size = case_embeddings(cache, predictor, store, case_id)
+        yield case_id, embeddings[0], original_size, objects
+        return
+    per_slice = objects_per_slice(label, store.classes, min_object_px)
+    for z, embedding in slice_embeddings(cache, predictor, store, case_id, list(per_slice)):
+        yield slice_entry(case_id, z), embedding, label.shape[1:], per_slice[z]
+
+
 def evaluate_dataset(
     predictor: BatchedPredictor,
     cache,
@@ -84,32 +107,26 @@ def evaluate_dataset(
     n_iterations: int = 8,
     min_object_px: int = MIN_OBJECT_PX,
 ) -> pd.DataFrame:
-    """The tidy per-object, per-iteration table of one model on the given cases of one 2D store."""
-    if store.ndim != 2:
-        raise ValueError(f"{store.path}: interactive 2D evaluation needs a 2D dataset, this one has ndim={store.ndim}")
+    """The tidy per-object, per-iteration table of one model on the given cases of one store.
+
+    The ``case`` column names the image: the case id, or ``<case>@z<z>`` for a slice of a volume.
+    """
     rows, expected = [], []
-    for case_id in tqdm(case_ids, desc=f"2D {model}/{store.name}", unit="image"):
-        label = store.label(case_id)
-        objects = connected_objects(label, store.classes, min_object_px)
-        if not objects:
-            log.info("%s: %s has no object >= %d px; skipped", store.name, case_id, min_object_px)
-            continue
-
-        def compute(case_id=case_id):
-            return predictor.encode(image_to_uint8_slices(store.image(case_id), 2)), label.shape[:2]
-
-        embeddings, original_size = cache.get(case_id, compute)
-        for seed in seeds:
-            for start in starts:
-                for masks in masks_settings:
-                    rng = prompt_rng(seed, case_id, start, masks)
-                    scores = evaluate_objects(predictor, embeddings[0], original_size, objects, start, masks, n_iterations, rng)
-                    for obj, obj_scores in zip(objects, scores):
-                        for iteration in range(n_iterations + 1):
-                            key = dict(dataset=store.name, case=case_id, class_id=obj.class_id, object=obj.index,
-                                       start=start, masks=masks, iteration=iteration, seed=seed)
-                            expected.append(key)
-                            rows.append({**key, "class": obj.class_name, "dice": float(obj_scores[iteration]), "model": model})
+    for case_id in tqdm(case_ids, desc=f"2D {model}/{store.name}", unit="case"):
+        for image_id, embedding, original_size, objects in images_of_case(predictor, cache, store, case_id, min_object_px):
+            for seed in seeds:
+                for start in starts:
+                    for masks in masks_settings:
+                        rng = prompt_rng(seed, image_id, start, masks)
+                        scores = evaluate_objects(predictor, embedding, original_size, objects, start, masks,
+                                                  n_iterations, rng)
+                        for obj, obj_scores in zip(objects, scores):
+                            for iteration in range(n_iterations + 1):
+                                key = dict(dataset=store.name, case=image_id, class_id=obj.class_id, object=obj.index,
+                                           start=start, masks=masks, iteration=iteration, seed=seed)
+                                expected.append(key)
+                                rows.append({**key, "class": obj.class_name, "dice": float(obj_scores[iteration]),
+                                             "model": model})
     table = pd.DataFrame(rows, columns=COLUMNS_2D)
     check_complete(table, pd.DataFrame(expected, columns=KEYS_2D), KEYS_2D, f"2D {model}/{store.name}")
     return table

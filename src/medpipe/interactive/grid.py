@@ -20,8 +20,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from medpipe.aggregate.stats import hierarchical_mean
+from medpipe.interactive.embeddings import case_embeddings
 from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
-from medpipe.interactive.predictor import image_to_uint8_slices
 from medpipe.interactive.propagate3d import GridPoint, first_slice_prompts, predict_slice, score_grid
 from medpipe.interactive.tables import COLUMNS_3D, GRID, MissingResultError
 
@@ -69,11 +69,7 @@ def evaluate_split(predictor, cache, store, case_ids, split, grid, starts, seeds
     rows = []
     for case_id in tqdm(case_ids, desc=f"3D {model}/{store.name}/{split}", unit="volume"):
         label = store.label(case_id)
-
-        def compute(case_id=case_id):
-            return predictor.encode(image_to_uint8_slices(store.image(case_id), 3)), label.shape[1:]
-
-        embeddings, original_size = cache.get(case_id, compute)
+        embeddings, original_size = case_embeddings(cache, predictor, store, case_id)
         meta = {"dataset": store.name, "split": split, "case": case_id, "model": model}
         rows += evaluate_volume(predictor, embeddings, original_size, label, store.classes, grid, starts, seeds,
                                 meta, min_object_px)

@@ -62,6 +62,16 @@ def connected_objects(label: np.ndarray, classes: dict[int, str], min_size: int 
     return objects
 
 
+
+def objects_per_slice(label3d: np.ndarray, classes: dict[int, str], min_size: int = MIN_OBJECT_PX) -> dict[int, list[Obj]]:
+    """The 2D objects of each slice of a volume that has any (a 3D dataset "split into separate images")."""
+    per_slice = {}
+    for z in np.flatnonzero(np.asarray(label3d).reshape(len(label3d), -1).any(axis=1)):
+        objects = connected_objects(label3d[z], classes, min_size)
+        if objects:
+            per_slice[int(z)] = objects
+    return per_slice
+
 def start_slice(mask3d: np.ndarray, min_px: int = MIN_START_SLICE_PX) -> int | None:
     """The start slice of a 3D object: the middle of its z-extent, or ``None`` to skip it.
 

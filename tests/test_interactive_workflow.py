@@ -1,0 +1,72 @@
+"""The interactive stage through Snakemake (slow): embed once, one job per setting, a grid point alone."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from test_semantic_workflow import _job_counts, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def interactive_run(tmp_path_factory):
+    """demo_xray (2D) and demo_mr (3D, and its slices in 2D) with the tiny SAM, no finetuning."""
+    repo_root = REPO_ROOT
+    workdir = tmp_path_factory.mktemp("interactive")
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    config["datasets"] = {name: config["datasets"][name] for name in ("demo_xray", "demo_mr")}
+    config["datasets"]["demo_xray"]["roles"] = ["interactive2d"]
+    config["datasets"]["demo_mr"]["roles"] = ["interactive2d", "interactive3d"]
+    for spec in config["datasets"].values():
+        spec["synth"].update(patients=4, images_per_patient=1)
+    config["finetune"]["runs"] = {}
+    config["semantic"]["backbones"] = ["sam_tiny"]
+    config["interactive"].update(n_iterations=1)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/tables/interactive2d_summary.tsv"
+    run = snakemake(workdir, repo_root, target)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return workdir, target, run.stdout + run.stderr
+
+
+def test_one_embedding_job_per_dataset_and_one_job_per_setting(interactive_run):
+    workdir, _, output = interactive_run
+    counts = _job_counts(output)
+    assert counts["interactive_embed"] == 2  # 1 model x 2 datasets: the only jobs that run the encoder
+    assert counts["interactive2d"] == 2 * 2 * 2  # 2 datasets x start point/box x mask prompts off/on
+    assert counts["interactive3d"] == 2  # demo_mr x first prompt box/point
+    results = workdir / "results"
+    for dataset in ("demo_xray", "demo_mr"):
+        for start in ("point", "box"):
+            for masks in ("off", "on"):
+                table = pd.read_csv(results / f"interactive2d/sam_tiny/{dataset}/start~{start}/masks~{masks}.tsv",
+                                    sep="\t")
+                assert set(table["start"]) == {start} and set(table["masks"]) == {masks} and len(table) > 0
+    # the volume's slices are images of their own in the 2D tables
+    slices = pd.read_csv(results / "interactive2d/sam_tiny/demo_mr/start~box/masks~off.tsv", sep="\t")
+    assert slices["case"].str.contains("@z").all()
+    # every evaluation job found its embeddings cached: the encoder ran in the embed jobs only
+    for log in (results / "logs/interactive2d").rglob("*.log"):
+        assert "0 encoder passes" in log.read_text(), log
+    summary = pd.read_csv(results / "tables/interactive2d_summary.tsv", sep="\t")
+    assert {"demo_xray", "demo_mr"} <= set(summary["dataset"])
+    selected = pd.concat(pd.read_csv(results / f"interactive3d/sam_tiny/demo_mr/start~{s}/selected.tsv", sep="\t")
+                         for s in ("box", "point"))
+    assert sorted(selected["start"]) == ["box", "point"]
+
+
+def test_nothing_reruns_and_a_grid_point_runs_alone(interactive_run, repo_root):
+    workdir, target, _ = interactive_run
+    dry = snakemake(workdir, repo_root, "-n", target)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+    point = "results/interactive3d/sam_tiny/demo_mr/start~box/points/iou_threshold~0.8/projection~mask/box_extension~0.0.tsv"
+    run = snakemake(workdir, repo_root, point)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = _job_counts(run.stdout + run.stderr)
+    assert counts["interactive3d_grid_point"] == 1 and counts["total"] == 1  # the cache is reused, not rebuilt
+    alone = pd.read_csv(workdir / point, sep="\t")
+    grid = pd.read_csv(workdir / "results/interactive3d/sam_tiny/demo_mr/start~box/grid.tsv", sep="\t")
+    in_grid = grid[(grid["split"] == "val") & (grid["projection"] == "mask") & (grid["iou_threshold"] == 0.8)]
+    assert sorted(alone["dice"]) == pytest.approx(sorted(in_grid["dice"]))  # same numbers as within the grid
