@@ -77,16 +77,17 @@ def run_embed(args) -> int:
     if args.dataset not in config["datasets"]:
         raise SystemExit(f"{args.config}: dataset {args.dataset!r} is not configured")
     roles = config["datasets"][args.dataset].get("roles", [])
-    volumes = split_cases(args.splits, args.dataset, "val") + split_cases(args.splits, args.dataset, "test")
     if "interactive3d" in roles:
+        volumes = split_cases(args.splits, args.dataset, "val") + split_cases(args.splits, args.dataset, "test")
         for case_id in tqdm(volumes, desc=f"embed {args.model}/{args.dataset} volumes", unit="volume"):
             case_embeddings(cache, predictor, store, case_id)
+    n_images = 0
     if "interactive2d" in roles:
         for case_id in tqdm(split_cases(args.splits, args.dataset, section["split2d"]),
                             desc=f"embed {args.model}/{args.dataset} images", unit="case"):
-            for _ in eval2d.images_of_case(predictor, cache, store, case_id, section["min_object_px"]):
-                pass  # encodes (or finds) every image the 2D protocol will prompt
-    log.info("%s: %d encoder passes", cache.path, cache.computed)
+            # drawing each image from the generator encodes it, or finds it in the cache
+            n_images += sum(1 for _ in eval2d.images_of_case(predictor, cache, store, case_id, section["min_object_px"]))
+    log.info("%s: %d 2D images, %d encoder passes", cache.path, n_images, cache.computed)
     return 0
 
 

@@ -90,11 +90,11 @@ class EmbeddingCache:
         log.debug("cached embeddings of %s (%d slices) in %s", case_id, len(embeddings), self.path)
         return embeddings, tuple(int(s) for s in original_size)
 
-    def read_slice(self, case_id: str, index: int) -> np.ndarray:
-        """One slice (C, h, w) of a complete entry, read without loading the rest of the volume."""
+    def open_entry(self, case_id: str) -> zarr.Array:
+        """A complete entry as a lazy array: index it to read single slices, not the whole volume."""
         if not self.has(case_id):
             raise EmbeddingCacheError(f"{self.path}: no complete entry for {case_id!r}")
-        return zarr.open_array(str(self.path / self._name(case_id)), mode="r")[index]
+        return zarr.open_array(str(self.path / self._name(case_id)), mode="r")
 
 
 def slice_entry(case_id: str, z: int) -> str:
@@ -122,11 +122,11 @@ def slice_embeddings(cache: EmbeddingCache, predictor, store, case_id: str, slic
     """
     from medpipe.interactive.predictor import image_to_uint8_slices
 
-    whole = cache.has(case_id)
+    whole = cache.open_entry(case_id) if cache.has(case_id) else None
     volume = None
     for z in slices:
-        if whole:
-            yield z, cache.read_slice(case_id, z)
+        if whole is not None:
+            yield z, whole[z]
             continue
 
         def compute(z=z):
