@@ -23,9 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from medpipe.finetune.objective import alg1_loss, semantic_dice_loss
-from medpipe.finetune.sem_decoder import decoder_for
+from medpipe.models.sem_decoder import decoder_for
 from medpipe.finetune.trainer import enable_activation_checkpointing
-from medpipe.sam import build_sam
+from medpipe.models.sam import build_sam
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 

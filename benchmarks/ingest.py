@@ -3,7 +3,7 @@
 Generates a >= 2 GB 3D dataset (int16 NIfTI volumes with uint8 labels, uncompressed ``.nii`` so
 generation is fast) in a temporary folder, then ingests it with
 
-* **ours**: ``medpipe.ingest.ingest_dataset`` (chunk-wise dask pass with checks and SHA-256), and
+* **ours**: ``medpipe.data.ingest.ingest_dataset`` (chunk-wise dask pass with checks and SHA-256), and
 * **baseline**: for each case ``np.asarray(nib.load(path).dataobj)`` -> ``zarr`` array write with
   the same chunks and the default (zstd) codec, no checks, no checksums,
 
@@ -59,7 +59,7 @@ def generate(folder: Path, cases: int, shape: tuple[int, int, int], seed: int) -
 
 
 def child_ours(data: Path, out: Path) -> None:
-    from medpipe.ingest import ingest_dataset
+    from medpipe.data.ingest import ingest_dataset
 
     spec = {"modality": "ct", "ndim": 3, "images": str(data / "images/*.nii"), "labels": str(data / "labels/*.nii"),
             "case_id": r"^(?P<case>.+?)(_0000)?\.nii$", "classes": {1: "organ"}}
@@ -107,7 +107,7 @@ def main() -> None:
     if args.child:
         kind, data, out = args.child[0], Path(args.child[1]), Path(args.child[2])
         import nibabel, zarr  # noqa: F401,E401 - imports are not part of the measured time
-        import medpipe.ingest  # noqa: F401
+        import medpipe.data.ingest  # noqa: F401
         start = time.perf_counter()
         (child_ours if kind == "ours" else child_baseline)(data, out)
         seconds = time.perf_counter() - start

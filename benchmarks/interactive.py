@@ -35,7 +35,8 @@ from interactive_fixtures import image_2d, volume_3d  # noqa: E402
 
 from medpipe import prompts  # noqa: E402
 from medpipe.interactive import eval2d, grid, propagate3d  # noqa: E402
-from medpipe.interactive.models import ModelSpec, load_model  # noqa: E402
+from medpipe.models.sam import load_model  # noqa: E402
+from medpipe.models.specs import ModelSpec  # noqa: E402
 from medpipe.interactive.objects import connected_objects, start_slice  # noqa: E402
 from medpipe.metrics import dice  # noqa: E402
 from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices  # noqa: E402

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from medpipe.aggregate import interactive as agg
-from medpipe.aggregate.stats import bootstrap_dataset_mean, hierarchical_mean
+from medpipe.metrics import bootstrap_dataset_mean, hierarchical_mean
 from medpipe.config import validate_config
 from medpipe.interactive.grid import ORACLE_LABEL, SELECTED_LABEL
 

@@ -102,7 +102,7 @@ def test_alg1_iteration_structure(monkeypatch):
 
 
 def test_alg1_on_tiny_sam_backpropagates():
-    from medpipe.sam import build_sam
+    from medpipe.models.sam import build_sam
 
     torch.manual_seed(0)
     sam = build_sam("tiny").train()

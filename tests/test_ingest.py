@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-import medpipe.ingest as ingest
+import medpipe.data.ingest as ingest
 from medpipe import cli
 from medpipe.io.quarantine import COLUMNS, read_quarantine
 from medpipe.store import DatasetStore, StoreError
@@ -300,7 +300,7 @@ def test_volume_is_read_chunk_wise_never_whole(dataset_3d, monkeypatch):
 def test_dicom_series_folders_ingest_with_nifti_labels(tmp_path, monkeypatch):
     from test_readers import make_ct_series
 
-    from medpipe.io import sha256_of
+    from medpipe.files import sha256_of
 
     monkeypatch.chdir(tmp_path)
     source = make_ct_series(tmp_path / "dicom/pat1_ct", n_slices=3)

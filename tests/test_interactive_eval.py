@@ -11,10 +11,11 @@ from medpipe.aggregate.interactive import paired_difference
 from medpipe.cli import main
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, EmbeddingCacheError
-from medpipe.interactive.models import ModelSpec, load_model, model_key
+from medpipe.models.sam import load_model
+from medpipe.models.specs import ModelSpec, model_key
 from medpipe.interactive.objects import connected_objects
 from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.interactive.tables import COLUMNS_2D, MissingResultError, check_complete
+from medpipe.tables import COLUMNS_2D, MissingResultError, check_complete
 from medpipe.store import DatasetStore
 
 torch.set_num_threads(1)

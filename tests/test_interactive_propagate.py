@@ -7,7 +7,7 @@ import torch
 
 from medpipe.interactive import grid, propagate3d
 from medpipe.interactive.predictor import Prediction
-from medpipe.interactive.tables import MissingResultError
+from medpipe.tables import MissingResultError
 from medpipe.metrics import dice
 
 
@@ -123,7 +123,8 @@ def test_whole_grid_shares_walks_and_equals_each_point_alone():
 
 def test_whole_grid_with_a_real_sam_equals_each_point_alone():
     """The shared walks of a tiny random SAM give exactly the reference per-point propagation."""
-    from medpipe.interactive.models import ModelSpec, load_model
+    from medpipe.models.sam import load_model
+    from medpipe.models.specs import ModelSpec
     from medpipe.interactive.objects import connected_objects, start_slice
     from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
     from interactive_fixtures import volume_3d

@@ -14,7 +14,8 @@ import tifffile
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from medpipe.io import ReadError, base_name, read_image, sha256_of
+from medpipe.files import sha256_of
+from medpipe.io import ReadError, base_name, read_image
 
 RNG = np.random.default_rng(0)
 

@@ -8,17 +8,17 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from medpipe.sam import (
-    RANDOM_INIT,
-    CheckpointError,
-    build_sam,
-    checkpoint_label,
+from medpipe.models.names import RANDOM_INIT, checkpoint_label
+from medpipe.models.sam import CheckpointError, build_sam
+from medpipe.models.transforms import (
+    PIXEL_MEAN,
+    PIXEL_STD,
     percentile_normalize,
+    resize_label,
     sam_input,
     to_sam_uint8,
     to_three_channels,
 )
-from medpipe.sam.preprocess import PIXEL_MEAN, PIXEL_STD, resize_label
 
 
 def _pattern(key: str) -> str:

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from medpipe.finetune.sem_decoder import decoder_for, save_decoder
-from medpipe.sam import build_sam
-from medpipe.semantic.ma_sam import Adapter3D, blockwise_predict, build_ma_sam
-from medpipe.semantic.posemb import interpolate_abs_pos, interpolate_rel_pos, resize_encoder
-from medpipe.semantic.sam_unetr import build_sam_unetr
-from medpipe.semantic.swin_unetr import build_swin_unetr, sliding_window_logits
+from medpipe.models.sem_decoder import decoder_for, save_decoder
+from medpipe.models.sam import build_sam
+from medpipe.models.ma_sam import Adapter3D, blockwise_predict, build_ma_sam
+from medpipe.models.posemb import interpolate_abs_pos, interpolate_rel_pos, resize_encoder
+from medpipe.models.sam_unetr import build_sam_unetr
+from medpipe.models.swin_unetr import build_swin_unetr, sliding_window_logits
 
 
 def _n(module):
@@ -62,7 +62,7 @@ def test_pretrained_decoder_init_copies_all_but_classifier(sam, tmp_path):
 
 
 def test_pretrained_decoder_of_another_backbone_is_refused(sam, tmp_path):
-    from medpipe.finetune.sem_decoder import SemanticDecoder
+    from medpipe.models.sem_decoder import SemanticDecoder
 
     other = SemanticDecoder(in_channels=32, out_channels=1, features=(64, 32, 16, 16), scale=16)
     path = tmp_path / "other.decoder.pth"

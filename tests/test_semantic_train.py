@@ -12,8 +12,8 @@ from imageio import v3 as iio
 
 from semantic_fixtures import TINY_SEMANTIC, make_semantic_data, write_semantic_config
 
-from medpipe.semantic.command import run as run_command
-from medpipe.semantic.command import run_torch
+from medpipe.semantic.command import run_semantic_run as run_command
+from medpipe.semantic.run import Backbone, run_torch
 from medpipe.semantic.data import PatchSampler, SplitError, read_split
 from medpipe.semantic.evaluate import dice_rows, write_prediction
 from medpipe.semantic.preprocess import (
@@ -24,7 +24,7 @@ from medpipe.semantic.preprocess import (
     scale_intensity,
     to_sam_batch,
 )
-from medpipe.semantic.swin_unetr import padded_size
+from medpipe.models.swin_unetr import padded_size
 from medpipe.store import DatasetStore
 
 SCHEMA_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.01, "plateau_patience": 10, "plateau_factor": 0.5,
@@ -124,9 +124,9 @@ def test_predictions_are_written_as_nifti_and_png(tmp_path):
 def test_tiny_training_lowers_the_loss_and_predicts_case_shapes(data, method, ndim):
     store = DatasetStore(data[f"store{ndim}d"])
     split = read_split(data[f"split{ndim}d"], store.name, store)
-    args = argparse.Namespace(model_type="tiny", checkpoint=None, decoder_init="random", decoder_file=None)
+    backbone = Backbone("sam_tiny", "tiny", None, "random", None)
     settings = {**SCHEMA_DEFAULTS, **TINY_SEMANTIC[method]}
-    predictions, record = run_torch(method, settings, store, split, 0, args, "cpu")
+    predictions, record = run_torch(method, settings, store, split, 0, backbone, "cpu")
     losses = [loss for _, loss in record["history"]["train"]]
     assert len(losses) == settings["iterations"]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])

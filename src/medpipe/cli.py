@@ -1,7 +1,9 @@
-"""The ``medpipe`` command: one subcommand per pipeline stage.
+"""The ``medpipe`` command: one subcommand per pipeline step, each runnable without Snakemake.
 
-Each stage module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-wires them up, so every stage stays runnable (and testable) without Snakemake.
+Every stage package keeps its argparse code in its ``command.py``; this file only maps each
+subcommand to its ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int`` there. A stage's
+module is imported only when its subcommand runs, so ``medpipe --help`` is fast and heavy
+dependencies (torch, nnU-Net) load only when used.
 """
 
 from __future__ import annotations
@@ -10,36 +12,110 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
-# subcommand -> (module, one-line help). Only the module of the subcommand being run is imported,
-# so `medpipe --help` is fast and a stage's heavy dependencies (torch, nnU-Net) load only when used.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "validate-config": ("medpipe.config", "validate a config file against the schema and print it with defaults"),
-    "synth": ("medpipe.synth", "generate a demo raw dataset in real file formats"),
-    "ingest": ("medpipe.ingest", "ingest one raw dataset into a zarr v3 store"),
-    "split": ("medpipe.splits", "write the train/val/test split table of one dataset"),
-    "split-corpus": ("medpipe.splits", "write the split table of the finetuning corpus"),
-    "finetune": ("medpipe.finetune.command", "finetune SAM with Alg. 1 (one configured run; resumable; torchrun for DDP)"),
-    "export": ("medpipe.export", "export a training checkpoint as a segment_anything-loadable .pth"),
-    "check-compat": ("medpipe.export", "check that an exported .pth loads strictly in segment_anything and predicts"),
-    "compat-table": ("medpipe.export", "collect compatibility checks into the compatibility table"),
-    "embed": ("medpipe.interactive.command", "encode once every image the interactive evaluation of one dataset uses"),
-    "eval2d": ("medpipe.interactive.command", "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)"),
-    "eval3d": ("medpipe.interactive.command", "interactive 3D evaluation: grid search on val, chosen setting and oracle on test"),
-    "eval3d-sam2": ("medpipe.interactive.sam2_baseline", "interactive 3D baseline: SAM2 video propagation on test volumes"),
-    "aggregate-interactive": ("medpipe.aggregate.interactive", "tables and figures of the interactive evaluation"),
-    "semantic-run": ("medpipe.semantic.command", "train and test one semantic segmentation method on one dataset and seed"),
-    "semantic-aggregate": ("medpipe.aggregate.semantic", "semantic result tables -> summary, seed statistics, paired tests, figures"),
+
+@dataclass(frozen=True)
+class Subcommand:
+    module: str  # the stage's command module
+    add_arguments: str  # name of its function that adds the arguments
+    run: str  # name of its function that runs the command and returns the exit status
+    help: str
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "validate-config": Subcommand(
+        "medpipe.cli", "add_validate_config_arguments", "run_validate_config",
+        "validate a config file against the schema and print it with defaults",
+    ),
+    "synth": Subcommand(
+        "medpipe.synth.command", "add_synth_arguments", "run_synth",
+        "generate a demo raw dataset in real file formats",
+    ),
+    "ingest": Subcommand(
+        "medpipe.data.command", "add_ingest_arguments", "run_ingest",
+        "ingest one raw dataset into a zarr v3 store",
+    ),
+    "split": Subcommand(
+        "medpipe.data.command", "add_split_arguments", "run_split",
+        "write the train/val/test split table of one dataset",
+    ),
+    "split-corpus": Subcommand(
+        "medpipe.data.command", "add_split_corpus_arguments", "run_split_corpus",
+        "write the split table of the finetuning corpus",
+    ),
+    "finetune": Subcommand(
+        "medpipe.finetune.command", "add_finetune_arguments", "run_finetune",
+        "finetune SAM with Alg. 1 (one configured run; resumable; torchrun for DDP)",
+    ),
+    "export": Subcommand(
+        "medpipe.export.command", "add_export_arguments", "run_export",
+        "export a training checkpoint as a segment_anything-loadable .pth",
+    ),
+    "check-compat": Subcommand(
+        "medpipe.export.command", "add_check_compat_arguments", "run_check_compat",
+        "check that an exported .pth loads strictly in segment_anything and predicts",
+    ),
+    "compat-table": Subcommand(
+        "medpipe.export.command", "add_compat_table_arguments", "run_compat_table",
+        "collect compatibility checks into the compatibility table",
+    ),
+    "embed": Subcommand(
+        "medpipe.interactive.command", "add_embed_arguments", "run_embed",
+        "encode once every image the interactive evaluation of one dataset uses",
+    ),
+    "eval2d": Subcommand(
+        "medpipe.interactive.command", "add_eval2d_arguments", "run_eval2d",
+        "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)",
+    ),
+    "eval3d": Subcommand(
+        "medpipe.interactive.command", "add_eval3d_arguments", "run_eval3d",
+        "interactive 3D evaluation: grid search on val, chosen setting and oracle on test",
+    ),
+    "eval3d-sam2": Subcommand(
+        "medpipe.interactive.command", "add_eval3d_sam2_arguments", "run_eval3d_sam2",
+        "interactive 3D baseline: SAM2 video propagation on test volumes",
+    ),
+    "aggregate-interactive": Subcommand(
+        "medpipe.aggregate.command", "add_aggregate_interactive_arguments", "run_aggregate_interactive",
+        "tables and figures of the interactive evaluation",
+    ),
+    "semantic-run": Subcommand(
+        "medpipe.semantic.command", "add_semantic_run_arguments", "run_semantic_run",
+        "train and test one semantic segmentation method on one dataset and seed",
+    ),
+    "semantic-aggregate": Subcommand(
+        "medpipe.aggregate.command", "add_semantic_aggregate_arguments", "run_semantic_aggregate",
+        "semantic result tables -> summary, seed statistics, paired tests, figures",
+    ),
 }
 
 
-def _wire(parser: argparse.ArgumentParser, name: str) -> None:
-    """Import the stage module of ``name`` and add its arguments and runner to ``parser``."""
-    module_name = SUBCOMMANDS[name][0]
-    module = importlib.import_module(module_name)
-    suffix = name.replace("-", "_")
-    (getattr(module, f"add_arguments_{suffix}", None) or module.add_arguments)(parser)
-    parser.set_defaults(_run=getattr(module, f"run_{suffix}", None) or module.run)
+def add_validate_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+
+
+def run_validate_config(args) -> int:
+    import json
+
+    import yaml
+
+    from medpipe.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    print(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+    return 0
+
+
+def _wire(parser: argparse.ArgumentParser, command: Subcommand) -> None:
+    """Import the command's module and add its arguments and runner to ``parser``."""
+    module = importlib.import_module(command.module)
+    getattr(module, command.add_arguments)(parser)
+    parser.set_defaults(_run=getattr(module, command.run))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -49,10 +125,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medpipe", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, help_text) in SUBCOMMANDS.items():
-        subparser = sub.add_parser(name, help=help_text, description=help_text)
+    for name, command in SUBCOMMANDS.items():
+        subparser = sub.add_parser(name, help=command.help, description=command.help)
         if name == chosen:
-            _wire(subparser, name)
+            _wire(subparser, command)
     return parser
 
 

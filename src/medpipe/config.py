@@ -16,6 +16,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from medpipe.files import write_text
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file and the key."""
@@ -86,26 +88,8 @@ def write_resolved(config: dict, path: str | os.PathLike) -> Path:
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
     if path.exists() and path.read_text() == text:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)
 
 
 def datasets_with_role(config: dict, role: str) -> list[str]:
     return [name for name, spec in config["datasets"].items() if role in spec.get("roles", [])]
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("config", help="YAML config file")
-
-
-def run(args) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc)
-        return 2
-    print(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
-    return 0

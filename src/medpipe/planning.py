@@ -11,8 +11,8 @@ import json
 
 from medpipe.config import datasets_with_role, validate_config, write_resolved
 from medpipe.finetune.settings import resolve_run
-from medpipe.interactive.models import ModelSpec, model_specs
-from medpipe.sam.names import RANDOM_INIT, checkpoint_label
+from medpipe.models.names import RANDOM_INIT, checkpoint_label
+from medpipe.models.specs import ModelSpec, model_specs
 
 __all__ = [
     "RANDOM_INIT",
@@ -32,24 +32,24 @@ __all__ = [
 
 def finetune_settings_json(config: dict, run: str) -> str:
     """The run's resolved settings as canonical JSON (sorted keys): a rule's ``params`` value."""
-    return json.dumps(resolve_run(config, run), sort_keys=True, default=str)
+    return json.dumps(dict(resolve_run(config, run)), sort_keys=True, default=str)
 
 
 def finetune_model_type(config: dict, run: str) -> str:
     """The model type of a finetune run (its base model's type)."""
-    return resolve_run(config, run)["model_type"]
+    return resolve_run(config, run).model_type
 
 
 def finetune_base_checkpoint(config: dict, run: str) -> str | None:
     """The base model's checkpoint path of a finetune run, or ``None`` for random init."""
-    return resolve_run(config, run)["checkpoint"]
+    return resolve_run(config, run).checkpoint
 
 
 def finetune_has_decoder(config: dict, run: str) -> bool:
     """Whether the run trains the joint semantic decoder (its export then has a decoder file)."""
-    return bool(resolve_run(config, run)["e_sem"])
+    return resolve_run(config, run).e_sem
 
 
 def finetune_export_checkpoint(config: dict, run: str) -> str:
     """Which training checkpoint of the run is exported: ``best`` or ``latest``."""
-    return resolve_run(config, run)["export_checkpoint"]
+    return resolve_run(config, run).export_checkpoint

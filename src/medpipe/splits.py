@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medpipe import files
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -133,18 +134,40 @@ def cases_of_store(store_path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS[:4])
 
 
+def read_split_table(path: str | os.PathLike, required=("dataset", "case_id", "split")) -> pd.DataFrame:
+    """A split table (or the corpus table) with every value as text; errors name the file.
+
+    Every reader of split tables goes through here, so ids stay strings: a case named ``NA`` or
+    ``null`` is that case, not a missing value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"{path}: split table does not exist")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SplitError(f"{path}: cannot read the split table ({exc})") from exc
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise SplitError(f"{path}: split table lacks columns {missing}")
+    return table
+
+
+def split_case_ids(path: str | os.PathLike, dataset: str, split: str) -> list[str]:
+    """Sorted case ids of ``dataset`` in ``split`` of the split table at ``path``."""
+    table = read_split_table(path)
+    return sorted(table.loc[(table["dataset"] == dataset) & (table["split"] == split), "case_id"])
+
+
 def read_table(path: str | os.PathLike | None) -> pd.DataFrame | None:
+    """An earlier split table or ledger if it exists, else ``None``."""
     if path is None or not Path(path).exists():
         return None
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    return read_split_table(path, required=())
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    files.write_tsv(table, path)
 
 
 def _ledger_fixed(ledger: Path, seed: int, fractions: dict) -> dict:
@@ -166,63 +189,40 @@ def _update_ledger(ledger: Path, table: pd.DataFrame, seed: int, fractions: dict
     write_table(pd.DataFrame({"key": list(meta), "value": list(meta.values())}), ledger.with_suffix(".meta.tsv"))
 
 
-def _common_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="validated config (YAML)")
-    parser.add_argument("--out", required=True, help="split table to write (TSV)")
-    parser.add_argument("--previous", help="earlier split table whose assignments are kept")
-    parser.add_argument(
-        "--ledger",
-        help="file recording every assignment made so far (read, then updated); default: none",
-    )
-
-
-def add_arguments_split(parser) -> None:
-    parser.add_argument("store", help="dataset store (zarr)")
-    _common_arguments(parser)
-
-
-def add_arguments_split_corpus(parser) -> None:
-    parser.add_argument("stores", nargs="+", help="stores of the datasets with role finetune")
-    parser.add_argument("--dataset-splits", nargs="*", default=[], help="per-dataset split tables (test cases are held out)")
-    _common_arguments(parser)
-
-
-def _fixed_from_args(args, seed: int, fractions: dict) -> dict:
-    fixed = fixed_from_table(read_table(args.previous))
-    if args.ledger:
-        fixed = {**_ledger_fixed(Path(args.ledger), seed, fractions), **fixed}
+def _fixed(previous, ledger, seed: int, fractions: dict) -> dict:
+    """Assignments to keep: the ledger's (same seed and fractions), overridden by a frozen table's."""
+    fixed = fixed_from_table(read_table(previous))
+    if ledger:
+        fixed = {**_ledger_fixed(Path(ledger), seed, fractions), **fixed}
     return fixed
 
 
-def run_split(args) -> int:
-    from medpipe.config import load_config
-
-    config = load_config(args.config)
-    fractions, seed = config["splits"]["fractions"], config["seed"]
-    table = assign_splits(cases_of_store(args.store), fractions, seed, _fixed_from_args(args, seed, fractions))
-    write_table(table[COLUMNS], args.out)
-    if args.ledger:
-        _update_ledger(Path(args.ledger), table[COLUMNS], seed, fractions)
-    log.info("%s: %s", args.out, table["split"].value_counts().to_dict())
-    return 0
+def split_dataset(store, out, fractions: dict, seed: int, previous=None, ledger=None) -> pd.DataFrame:
+    """Write the split table of one dataset store to ``out`` (and update ``ledger``); returns it."""
+    table = assign_splits(cases_of_store(store), fractions, seed, _fixed(previous, ledger, seed, fractions))
+    write_table(table[COLUMNS], out)
+    if ledger:
+        _update_ledger(Path(ledger), table[COLUMNS], seed, fractions)
+    log.info("%s: %s", out, table["split"].value_counts().to_dict())
+    return table
 
 
-def run_split_corpus(args) -> int:
-    from medpipe.config import load_config
+def split_corpus(stores, dataset_splits, out, corpus: dict, seed: int, previous=None, ledger=None) -> pd.DataFrame:
+    """Write the corpus table: cases of every finetune store, their datasets' test cases held out.
 
-    config = load_config(args.config)
-    corpus, seed = config["corpus"], config["seed"]
-    cases = pd.concat([cases_of_store(path) for path in args.stores], ignore_index=True)
-    fixed = _fixed_from_args(args, seed, corpus["fractions"])
-    for path in args.dataset_splits:
+    ``corpus`` is the config's ``corpus`` section (fractions and nested variants).
+    """
+    cases = pd.concat([cases_of_store(path) for path in stores], ignore_index=True)
+    fixed = _fixed(previous, ledger, seed, corpus["fractions"])
+    for path in dataset_splits:
         held_out = read_table(path)
         held_out = held_out[held_out["split"] == "test"]
         fixed.update({group: "test" for group in fixed_from_table(held_out)})
     table = assign_splits(cases, corpus["fractions"], seed, fixed)
     for name, variant in corpus["variants"].items():
         table[f"in_{name}"] = select_variant(table, variant, seed)
-    write_table(table, args.out)
-    if args.ledger:
-        _update_ledger(Path(args.ledger), table[COLUMNS], seed, corpus["fractions"])
-    log.info("%s: %s", args.out, table["split"].value_counts().to_dict())
-    return 0
+    write_table(table, out)
+    if ledger:
+        _update_ledger(Path(ledger), table[COLUMNS], seed, corpus["fractions"])
+    log.info("%s: %s", out, table["split"].value_counts().to_dict())
+    return table

@@ -12,7 +12,7 @@
 import json as _ft_json
 
 from medpipe.finetune.settings import resolve_run as _ft_resolve_run
-from medpipe.sam import checkpoint_label as _ft_checkpoint_label
+from medpipe.models.names import checkpoint_label as _ft_checkpoint_label
 
 FINETUNE_RUNS = list(config["finetune"]["runs"])
 FINETUNE_ESEM_RUNS = [run for run in FINETUNE_RUNS if _ft_resolve_run(config, run)["e_sem"]]
@@ -22,7 +22,7 @@ NEVER = "(?!x)x"  # a wildcard pattern that matches nothing (for an empty run li
 
 def finetune_settings(run):
     """The run's resolved knobs as JSON: a params value, so changing a knob reruns the job."""
-    return _ft_json.dumps(_ft_resolve_run(config, run), sort_keys=True, default=str)
+    return _ft_json.dumps(dict(_ft_resolve_run(config, run)), sort_keys=True, default=str)
 
 
 def finetune_base_checkpoint(wildcards):

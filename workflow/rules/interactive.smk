@@ -18,7 +18,7 @@
 import pandas as _ia_pd
 from snakemake.utils import Paramspace as _IaParamspace
 
-from medpipe.interactive.models import model_specs as _ia_model_specs
+from medpipe.models.specs import model_specs as _ia_model_specs
 
 IA_MODELS = _ia_model_specs(config)
 IA_DATASETS_2D = datasets_with_role(config, "interactive2d")

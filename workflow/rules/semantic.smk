@@ -34,7 +34,7 @@ def sem_backbone_weights(name):
 
 
 def sem_has_decoder(name):
-    return name in SEM_RUNS and _sem_resolve_run(config, name)["e_sem"]
+    return name in SEM_RUNS and _sem_resolve_run(config, name).e_sem
 
 
 def sem_variants(method):

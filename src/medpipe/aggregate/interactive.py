@@ -1,4 +1,4 @@
-"""``medpipe aggregate-interactive``: the interactive results as tables and paper-style figures.
+"""The interactive results as tables and paper-style figures (``medpipe aggregate-interactive``).
 
 Inputs are the per-object tables of ``eval2d`` / ``eval3d``. Every summary row keeps the keys
 (model, dataset, start, masks, iteration / result) of the rows it averages, and the figures are
@@ -16,7 +16,6 @@ Figures (``--figures``, PNG + SVG): ``fig3a_dice_per_iteration``, ``fig3b_differ
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -26,10 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from medpipe.aggregate.stats import bootstrap_dataset_mean, noc_per_object  # noqa: E402
-from medpipe.config import load_config  # noqa: E402
-from medpipe.interactive.models import model_specs  # noqa: E402
-from medpipe.interactive.tables import COLUMNS_2D, KEYS_2D, MissingResultError, read_tsv, write_tsv  # noqa: E402
+from medpipe.metrics import bootstrap_dataset_mean, noc_per_object  # noqa: E402
+from medpipe.models.specs import model_specs  # noqa: E402
+from medpipe.files import atomic_path, write_tsv  # noqa: E402
+from medpipe.tables import COLUMNS_2D, KEYS_2D, MissingResultError, read_tsv  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +119,8 @@ def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = folder / f"{name}.{ext}"
-        tmp = folder / f".{name}.{os.getpid()}.tmp.{ext}"
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
         paths.append(path)
     plt.close(fig)
     return paths
@@ -214,17 +212,6 @@ def fig7b(summary: pd.DataFrame, models, folder: Path):
     return _save(fig, folder, "fig7b_mask_prompts")
 
 
-# ---- command --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="validated config snapshot (YAML)")
-    parser.add_argument("--tables2d", nargs="*", default=[], help="eval2d tables")
-    parser.add_argument("--tables3d", nargs="*", default=[], help="eval3d test.tsv and oracle.tsv tables")
-    parser.add_argument("--tables", required=True, help="output folder for tables")
-    parser.add_argument("--figures", required=True, help="output folder for figures")
-
-
 def aggregate(config: dict, tables2d, tables3d, tables_dir, figures_dir) -> dict[str, Path]:
     """Write every table and figure; returns their paths by name."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -252,10 +239,3 @@ def aggregate(config: dict, tables2d, tables3d, tables_dir, figures_dir) -> dict
     fig1c(summary3d, [m for m in specs if len(rows3d) and m in set(rows3d["model"])], figures_dir)
     fig7b(summary, models, figures_dir)
     return out
-
-
-def run(args) -> int:
-    config = load_config(args.config)
-    paths = aggregate(config, args.tables2d, args.tables3d, args.tables, args.figures)
-    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from medpipe import files
+from medpipe.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,8 @@ def paired_tests(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
 
 
 def _empty_figure(path: Path, text: str) -> None:
@@ -211,10 +212,7 @@ def seed_points(frame: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
 
 
 def write_tsv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, sep="\t", index=False, na_rep="nan", float_format="%.6g")
-    os.replace(tmp, path)
+    files.write_tsv(frame, path, na_rep="nan", float_format="%.6g")
 
 
 def aggregate(paths, datasets_2d, datasets_3d, tables_dir, figures_dir, reference_methods=("nnunet", "swin_unetr")):
@@ -236,19 +234,3 @@ def aggregate(paths, datasets_2d, datasets_3d, tables_dir, figures_dir, referenc
     seed_points(frame, summary, figures_dir / f"{FIGURES['seeds']}.png")
     log.info("aggregated %d semantic tables (%d rows) into %s and %s", len(paths), len(frame), tables_dir, figures_dir)
     return summary
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("tables", nargs="+", help="per-job result tables of medpipe semantic-run")
-    parser.add_argument("--config", required=True, help="resolved study config (dataset roles, reference methods)")
-    parser.add_argument("--tables-dir", required=True)
-    parser.add_argument("--figures-dir", required=True)
-
-
-def run(args) -> int:
-    from medpipe.config import datasets_with_role, load_config
-
-    config = load_config(args.config)
-    aggregate(args.tables, datasets_with_role(config, "semantic2d"), datasets_with_role(config, "semantic3d"),
-              args.tables_dir, args.figures_dir, config["semantic"]["aggregate"]["reference_methods"])
-    return 0

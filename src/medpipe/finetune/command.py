@@ -1,4 +1,4 @@
-"""``medpipe finetune``: run (or resume) one configured finetune run.
+"""Command line of the finetune stage: ``medpipe finetune`` runs (or resumes) one configured run.
 
 Launch it plainly (``medpipe finetune RUN ...``) for one process, or as
 ``torchrun --standalone --nproc_per_node=K -m medpipe finetune RUN ...``
@@ -17,7 +17,7 @@ from medpipe.store import DatasetStore
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="validated study config (YAML)")
     # positional: torchrun would take an option named --run for an abbreviation of its --run-path
     parser.add_argument("run", help="name of the run under finetune.runs")
@@ -34,7 +34,7 @@ def store_map(paths) -> dict[str, str]:
     return {DatasetStore(path).name: str(path) for path in paths}
 
 
-def run(args) -> int:
+def run_finetune(args) -> int:
     import yaml
 
     from medpipe.finetune.trainer import train
@@ -45,7 +45,7 @@ def run(args) -> int:
         key, _, value = item.partition("=")
         if key not in settings:
             raise SystemExit(f"--set {item}: unknown knob {key!r}")
-        settings[key] = yaml.safe_load(value)
+        settings = settings.replace(**{key: yaml.safe_load(value)})
     summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
                     die_after=args.die_after)
     if summary:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,8 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from medpipe.sam.preprocess import pad_to_square, percentile_normalize, resize_label, sam_input, to_three_channels
+from medpipe.models.transforms import pad_to_square, percentile_normalize, resize_label, sam_input, to_three_channels
+from medpipe.splits import SplitError, read_split_table
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,11 @@ def _truthy(column: pd.Series) -> pd.Series:
 
 def corpus_cases(table, split: str, variant: str) -> pd.DataFrame:
     """Rows of the corpus table in ``split`` and in corpus variant ``variant``."""
-    table = Path(table)
     try:
-        frame = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as exc:
-        raise CorpusError(f"{table}: cannot read the corpus split table ({exc})") from exc
-    column = f"in_{variant}"
-    missing = {"dataset", "case_id", "split", column} - set(frame.columns)
-    if missing:
-        raise CorpusError(f"{table}: missing columns {sorted(missing)} (corpus variant {variant!r})")
-    return frame[(frame["split"] == split) & _truthy(frame[column])].reset_index(drop=True)
+        frame = read_split_table(table, required=("dataset", "case_id", "split", f"in_{variant}"))
+    except SplitError as exc:
+        raise CorpusError(f"{exc} (corpus variant {variant!r})") from exc
+    return frame[(frame["split"] == split) & _truthy(frame[f"in_{variant}"])].reset_index(drop=True)
 
 
 def build_items(table, store_paths: dict[str, str], split: str, variant: str, min_object_px: int) -> list[Item]:

@@ -1,95 +1,156 @@
-"""The knobs of Alg. 1 and how a finetune run's settings are resolved from the config.
+"""The settings of one finetune run, typed, and how they are resolved from the config.
 
-A run's settings are ``finetune.defaults`` <- ``finetune.presets[<preset>]`` <- the run's own
-keys, so a preset names a training strategy of the paper and a run may still override any knob.
+A run's settings are the schema's knob defaults <- ``finetune.defaults`` <- the run's preset <- the
+run's own keys, so a preset names a training strategy of the paper and a run may still override any
+knob. The config schema is the one definition of every knob's default and of the presets: this
+module reads them from it (torch-free, so the workflow can resolve runs while it parses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
 
-from medpipe.sam import MODEL_TYPES, checkpoint_label
-
-#: every knob and its default (mirrors ``finetune.defaults`` in the config schema)
-KNOB_DEFAULTS: dict = {
-    "n_obj": 5,
-    "n_steps": 8,
-    "p_box": 0.5,
-    "p_mask": 0.0,
-    "e_sem": False,
-    "box_distortion": 0.025,
-    "lr": 1e-5,
-    "weight_decay": 0.01,
-    "lr_decay": 0.9,
-    "lr_decay_every": None,
-    "iterations": 300000,
-    "batch_size": 7,
-    "patch_size": 512,
-    "input_size": None,
-    "flips": True,
-    "min_object_px": 10,
-    "num_workers": 4,
-    "val_every": 1000,
-    "val_batches": 25,
-    "checkpoint_every": 1000,
-    "activation_checkpointing": False,
-    "bf16": True,
-    "corpus_variant": "full",
-    "export_checkpoint": "best",
-}
-
-#: the paper's strategies (SPEC 3.1; the paper trains MedSAM*, SimpleFT* and MedicoSAM* on the 60%
-#: corpus, the full MedicoSAM* on all of it); also the schema default of ``finetune.presets``
-PRESETS: dict = {
-    "medsam": {"n_steps": 0, "p_box": 1.0, "p_mask": 0.0, "e_sem": False, "lr": 5e-5, "corpus_variant": "p60"},
-    "simpleft": {"n_steps": 0, "p_box": 0.5, "p_mask": 0.0, "e_sem": False, "lr": 5e-5, "corpus_variant": "p60"},
-    "medicosam_p60": {"n_steps": 8, "p_box": 0.5, "p_mask": 0.0, "e_sem": False, "lr": 1e-5, "corpus_variant": "p60"},
-    "medicosam_full": {"n_steps": 8, "p_box": 0.5, "p_mask": 0.5, "e_sem": True, "lr": 1e-5, "corpus_variant": "full"},
-}
-
-# Keys of a run entry that are not knobs.
-RUN_KEYS = ("base", "preset")
+from medpipe.models.names import MODEL_TYPES, checkpoint_label
 
 
 class SettingsError(ValueError):
     """A finetune run refers to an unknown base model or preset, or has an invalid knob."""
 
 
-def resolve_run(config: dict, run: str) -> dict:
-    """All settings of finetune run ``run``: knobs plus ``run``, ``base``, ``model_type``, ``checkpoint``."""
+@cache
+def _schema_finetune() -> dict:
+    from medpipe.config import schema
+
+    return schema()["properties"]["finetune"]["properties"]
+
+
+def knob_defaults() -> dict:
+    """Every knob and its default, as the schema's ``finetune.defaults`` states them."""
+    return dict(_schema_finetune()["defaults"]["default"])
+
+
+def preset_defaults() -> dict:
+    """The paper's strategies (MedSAM*, SimpleFT*, MedicoSAM* on 60 % / all data), from the schema."""
+    return {name: dict(knobs) for name, knobs in _schema_finetune()["presets"]["default"].items()}
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(Mapping):
+    """Every setting of one finetune run (Alg. 1 knobs plus which run and base model).
+
+    There are no defaults here on purpose: build it with :func:`resolve_run` (or
+    :meth:`from_mapping`). It reads like a mapping too (``settings["lr"]``, ``dict(settings)``),
+    which is how it is written to ``training.json`` and compared when resuming.
+    """
+
+    run: str
+    preset: str
+    base: str
+    model_type: str
+    checkpoint: str | None
+    n_obj: int
+    n_steps: int
+    p_box: float
+    p_mask: float
+    e_sem: bool
+    box_distortion: float
+    lr: float
+    weight_decay: float
+    lr_decay: float
+    lr_decay_every: int | None
+    iterations: int
+    batch_size: int
+    patch_size: int
+    input_size: int | None
+    flips: bool
+    min_object_px: int
+    num_workers: int
+    val_every: int
+    val_batches: int
+    checkpoint_every: int
+    activation_checkpointing: bool
+    bf16: bool
+    corpus_variant: str
+    export_checkpoint: str
+
+    def __post_init__(self):
+        where = f"finetune.runs.{self.run}"
+        if self.model_type not in MODEL_TYPES:
+            raise SettingsError(f"{where}: unknown model type {self.model_type!r}")
+        for key in ("p_box", "p_mask"):
+            if not 0.0 <= float(self[key]) <= 1.0:
+                raise SettingsError(f"{where}: {key} must be within [0, 1], got {self[key]}")
+        if int(self.n_obj) < 1 or int(self.batch_size) < 1:
+            raise SettingsError(f"{where}: n_obj and batch_size must be >= 1")
+
+    # -- read access as a mapping
+    def __getitem__(self, key: str):
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping) -> FinetuneSettings:
+        """Settings from a mapping with exactly the fields (unknown or missing keys are an error)."""
+        if isinstance(values, cls):
+            return values
+        unknown = sorted(set(values) - set(_FIELDS))
+        missing = sorted(set(_FIELDS) - set(values))
+        if unknown or missing:
+            raise SettingsError(f"finetune settings: unknown keys {unknown}, missing keys {missing}")
+        return cls(**{key: values[key] for key in _FIELDS})
+
+    def replace(self, **changes) -> FinetuneSettings:
+        """A copy with some settings changed (checked like the original)."""
+        unknown = sorted(set(changes) - set(_FIELDS))
+        if unknown:
+            raise SettingsError(f"finetune run {self.run}: unknown knobs {unknown}")
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneSettings))
+#: keys of a run entry that are not knobs
+RUN_KEYS = ("base", "preset")
+IDENTITY = ("run", "preset", "base", "model_type", "checkpoint")
+#: the knob names; the schema's ``finetune.defaults`` must define exactly these (tested)
+KNOBS = tuple(name for name in _FIELDS if name not in IDENTITY)
+#: the schema's knob defaults and presets (the module's names for them)
+KNOB_DEFAULTS = knob_defaults()
+PRESETS = preset_defaults()
+
+
+def resolve_run(config: dict, run: str) -> FinetuneSettings:
+    """All settings of finetune run ``run`` of a validated config."""
     section = config.get("finetune", {})
     runs = section.get("runs", {})
     if run not in runs:
         raise SettingsError(f"finetune run {run!r} is not configured (finetune.runs has {sorted(runs)})")
     spec = runs[run]
-    presets = section.get("presets") or PRESETS
+    presets = section.get("presets") or preset_defaults()
     if spec["preset"] not in presets:
         raise SettingsError(f"finetune.runs.{run}: unknown preset {spec['preset']!r} (known: {sorted(presets)})")
     models = config.get("models", {})
     if spec["base"] not in models:
         raise SettingsError(f"finetune.runs.{run}: unknown base model {spec['base']!r} (models has {sorted(models)})")
-    settings = {**KNOB_DEFAULTS, **(section.get("defaults") or {}), **presets[spec["preset"]]}
-    settings.update({k: v for k, v in spec.items() if k not in RUN_KEYS})
+    knobs = {**knob_defaults(), **(section.get("defaults") or {}), **presets[spec["preset"]]}
+    knobs.update({k: v for k, v in spec.items() if k not in RUN_KEYS})
     base = models[spec["base"]]
-    settings.update(run=run, preset=spec["preset"], base=spec["base"], model_type=base["type"],
-                    checkpoint=base.get("checkpoint"))
-    validate_settings(settings, f"finetune.runs.{run}")
-    return settings
+    return FinetuneSettings.from_mapping({**knobs, "run": run, "preset": spec["preset"], "base": spec["base"],
+                                          "model_type": base["type"], "checkpoint": base.get("checkpoint")})
 
 
-def validate_settings(settings: dict, where: str) -> None:
-    """Cross-field checks the schema cannot express."""
-    if settings["model_type"] not in MODEL_TYPES:
-        raise SettingsError(f"{where}: unknown model type {settings['model_type']!r}")
-    for key in ("p_box", "p_mask"):
-        if not 0.0 <= float(settings[key]) <= 1.0:
-            raise SettingsError(f"{where}: {key} must be within [0, 1], got {settings[key]}")
-    if int(settings["n_obj"]) < 1 or int(settings["batch_size"]) < 1:
-        raise SettingsError(f"{where}: n_obj and batch_size must be >= 1")
-
-
-def model_label(settings: dict) -> str:
+def model_label(settings: Mapping) -> str:
     """``<model_type>:<base checkpoint or random-init>``, written into every output of the run."""
     return f"{settings['model_type']}:{checkpoint_label(settings.get('checkpoint'))}"
 
@@ -98,7 +159,7 @@ def model_label(settings: dict) -> str:
 RESUMABLE_CHANGES = ("iterations", "num_workers", "val_every", "checkpoint_every", "export_checkpoint")
 
 
-def fingerprint(settings: dict) -> str:
+def fingerprint(settings: Mapping) -> str:
     """A hash of the settings that define the training trajectory (checked when resuming)."""
     core = {k: v for k, v in sorted(settings.items()) if k not in RESUMABLE_CHANGES}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,10 @@ from tqdm import tqdm
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.objective import VALIDATION_KINDS, alg1_loss, semantic_dice_loss, validation_dice_loss
-from medpipe.finetune.sem_decoder import decoder_for
-from medpipe.finetune.settings import fingerprint, model_label
-from medpipe.sam import build_sam
+from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
+from medpipe.files import atomic_path, save_torch, write_json
+from medpipe.models.sam import build_sam
+from medpipe.models.sem_decoder import decoder_for
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +64,6 @@ def lr_factor(iteration: int, decay: float, every: int) -> float:
     return decay ** (iteration // every)
 
 
-def save_atomic(blob: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class MetricsLog:
     """``metrics.csv`` (one row per iteration and per validation) and TensorBoard scalars.
 
@@ -92,12 +81,10 @@ class MetricsLog:
         if self.path.exists() and start > 0:
             with self.path.open() as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= start]
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start)
@@ -155,13 +142,13 @@ def _image_rngs(seed: int, stream: int, positions) -> list[np.random.Generator]:
 
 
 @torch.no_grad()
-def validate(model: FinetuneModel, dataset: CorpusSamples, settings: dict, seed: int, device) -> dict:
+def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSettings, seed: int, device) -> dict:
     """Mean Dice loss over a fixed set of validation batches, cycling the prompt kinds
     point / box / points / box+points; plus the semantic decoder's Dice loss / 3 when e_sem."""
     model.eval()
-    batch = settings["batch_size"]
+    batch = settings.batch_size
     inter, sem = [], []
-    for index in range(settings["val_batches"]):
+    for index in range(settings.val_batches):
         data = collate([dataset[p] for p in range(index * batch, (index + 1) * batch)])
         images, masks = data["image"].to(device), data["masks"].to(device).float()
         embeddings = model.sam.image_encoder(images)
@@ -178,150 +165,224 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: dict, seed:
     return result
 
 
-def train(settings: dict, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
-          die_after: int | None = None) -> dict:
-    """Run (or continue) finetune run ``settings['run']``; returns the summary written to ``training.json``.
+@dataclass
+class Run:
+    """One finetune run in progress: its settings, model, data, optimisers and where it stands.
 
-    ``die_after``: fault injection for tests, SIGKILL this process once that many iterations are
-    done (after any checkpoint of that iteration).
+    ``sem_optimizer`` / ``sem_scheduler`` exist only with the joint semantic decoder (e_sem).
     """
-    ctx = D.setup()
-    out_dir = Path(out_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    D.barrier(ctx)
+
+    settings: FinetuneSettings
+    ctx: D.Context
+    out_dir: Path
+    seed: int
+    model: FinetuneModel
+    train_items: list
+    val_items: list
+    train_ds: CorpusSamples
+    val_ds: CorpusSamples | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sem_optimizer: torch.optim.Optimizer | None
+    sem_scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    start: int = 0
+    best: float = float("inf")
+
+    @property
+    def sam(self):
+        return self.model.sam
+
+    @property
+    def decoder(self):
+        return self.model.sem_decoder
+
+    @property
+    def global_batch(self) -> int:
+        return self.settings.batch_size * self.ctx.world_size
+
+    @property
+    def latest(self) -> Path:
+        return self.out_dir / "latest.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+
+def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int, ctx: D.Context) -> Run:
+    """Build the model (seeded), the sample streams and the optimisers of a fresh run."""
+    settings = FinetuneSettings.from_mapping(settings)
     torch.manual_seed(seed)
-    sam = build_sam(settings["model_type"], settings.get("checkpoint"))
+    sam = build_sam(settings.model_type, settings.checkpoint)
     native = sam.image_encoder.img_size
-    settings = dict(settings)
-    if settings.get("input_size") in (None, native):
-        settings["input_size"] = native
-    else:
-        raise ValueError(f"finetune run {settings['run']}: input_size {settings['input_size']} differs from the "
-                         f"{settings['model_type']} model's input size {native}; SAM-compatible export needs it")
-    decoder = decoder_for(sam) if settings["e_sem"] else None
+    if settings.input_size not in (None, native):
+        raise ValueError(f"finetune run {settings.run}: input_size {settings.input_size} differs from the "
+                         f"{settings.model_type} model's input size {native}; SAM-compatible export needs it")
+    settings = settings.replace(input_size=native)
+    decoder = decoder_for(sam) if settings.e_sem else None
     model = FinetuneModel(sam, decoder).to(ctx.device).train()
-    if settings["activation_checkpointing"]:
+    if settings.activation_checkpointing:
         enable_activation_checkpointing(sam)
 
-    train_items = build_items(corpus_table, store_paths, "train", settings["corpus_variant"], settings["min_object_px"])
-    val_items = build_items(corpus_table, store_paths, "val", settings["corpus_variant"], settings["min_object_px"])
+    train_items = build_items(corpus_table, store_paths, "train", settings.corpus_variant, settings.min_object_px)
+    val_items = build_items(corpus_table, store_paths, "val", settings.corpus_variant, settings.min_object_px)
     train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN)
-    val_ds = CorpusSamples(val_items, store_paths, {**settings, "flips": False}, seed, STREAM_VAL) if val_items else None
-    global_batch = settings["batch_size"] * ctx.world_size
-    decay_every = settings["lr_decay_every"] or max(len(train_items) // global_batch, 1)
+    val_ds = CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL) if val_items else None
+    decay_every = settings.lr_decay_every or max(len(train_items) // (settings.batch_size * ctx.world_size), 1)
 
     def schedule(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda it: lr_factor(it, settings["lr_decay"], decay_every))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings.lr_decay, decay_every))
 
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    scheduler = schedule(optimizer)
+    optimizer = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sem_optimizer = sem_scheduler = None
     if decoder is not None:  # reference: own optimiser over decoder + encoder, stepped after the interactive one
         sem_params = list(decoder.parameters()) + list(sam.image_encoder.parameters())
-        sem_optimizer = torch.optim.AdamW(sem_params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+        sem_optimizer = torch.optim.AdamW(sem_params, lr=settings.lr, weight_decay=settings.weight_decay)
         sem_scheduler = schedule(sem_optimizer)
+    return Run(settings, ctx, Path(out_dir), seed, model, train_items, val_items, train_ds, val_ds, optimizer,
+               schedule(optimizer), sem_optimizer, sem_scheduler)
 
-    start, best = 0, float("inf")
-    latest, best_path = out_dir / "latest.pt", out_dir / "best.pt"
-    print_fp = fingerprint(settings)
-    if latest.exists():
-        state = torch.load(latest, map_location=ctx.device, weights_only=True)
-        if state.get("fingerprint") != print_fp:
-            raise RuntimeError(f"{latest}: was written with different settings (fingerprint {state.get('fingerprint')} "
-                               f"!= {print_fp}); delete {out_dir} to start this run afresh")
-        model.load_state_dict(state["model_state"], strict=True)
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        if sem_optimizer is not None:
-            sem_optimizer.load_state_dict(state["sem_optimizer_state"])
-            sem_scheduler.load_state_dict(state["sem_scheduler_state"])
-        start, best = int(state["iteration"]), float(state["best_metric"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        log.info("resuming %s from %s at iteration %d", settings["run"], latest, start)
-    D.broadcast_parameters(model, ctx)
 
-    def save(path: Path, iteration: int) -> None:
-        blob = {
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": scheduler.state_dict(),
-            "iteration": iteration,
-            "best_metric": best,
-            "torch_rng": torch.get_rng_state(),
-            "fingerprint": print_fp,
-            "settings": json.loads(json.dumps(settings, default=str)),
-            "model_type": settings["model_type"],
-            "model_label": model_label(settings),
-            "world_size": ctx.world_size,
-        }
-        if sem_optimizer is not None:
-            blob.update(sem_optimizer_state=sem_optimizer.state_dict(), sem_scheduler_state=sem_scheduler.state_dict(),
-                        sem_decoder_config=decoder.config)
-        save_atomic(blob, path)
+def resume(run: Run) -> None:
+    """Continue from ``latest.pt`` when it exists (same settings only): weights, optimisers, RNG, position."""
+    if not run.latest.exists():
+        return
+    state = torch.load(run.latest, map_location=run.ctx.device, weights_only=True)
+    expected = fingerprint(run.settings)
+    if state.get("fingerprint") != expected:
+        raise RuntimeError(f"{run.latest}: was written with different settings (fingerprint {state.get('fingerprint')} "
+                           f"!= {expected}); delete {run.out_dir} to start this run afresh")
+    run.model.load_state_dict(state["model_state"], strict=True)
+    run.optimizer.load_state_dict(state["optimizer_state"])
+    run.scheduler.load_state_dict(state["scheduler_state"])
+    if run.sem_optimizer is not None:
+        run.sem_optimizer.load_state_dict(state["sem_optimizer_state"])
+        run.sem_scheduler.load_state_dict(state["sem_scheduler_state"])
+    run.start, run.best = int(state["iteration"]), float(state["best_metric"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    log.info("resuming %s from %s at iteration %d", run.settings.run, run.latest, run.start)
 
-    metrics = MetricsLog(out_dir, start, ctx.is_main, model_label(settings))
-    preemption = PreemptionFlag()
-    loader = DataLoader(train_ds, batch_sampler=IterationBatches(start, settings["iterations"], settings["batch_size"],
-                                                                 ctx.rank, ctx.world_size),
-                        num_workers=settings["num_workers"], collate_fn=collate)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and settings["bf16"])
-    sam_params = list(sam.parameters())
-    progress = tqdm(total=settings["iterations"], initial=start, desc=settings["run"], disable=not ctx.is_main)
-    val_result = None
-    for it, batch in enumerate(loader, start=start):
-        tick = time.perf_counter()
-        k = D.global_min(batch["masks"].shape[1], ctx)
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        masks = batch["masks"][:, :k].to(ctx.device).float()
-        use_box, use_mask = D.broadcast_flags(iteration_draws(seed, it, settings["p_box"], settings["p_mask"]), ctx)
-        rngs = _image_rngs(seed, STREAM_PROMPTS, batch["position"])
-        lr = optimizer.param_groups[0]["lr"]
-        model.zero_grad(set_to_none=True)
+
+def save_checkpoint(run: Run, path: Path, iteration: int) -> None:
+    """Everything exact resumption needs, written atomically (and reproducibly)."""
+    settings = run.settings
+    blob = {
+        "model_state": run.model.state_dict(),
+        "optimizer_state": run.optimizer.state_dict(),
+        "scheduler_state": run.scheduler.state_dict(),
+        "iteration": iteration,
+        "best_metric": run.best,
+        "torch_rng": torch.get_rng_state(),
+        "fingerprint": fingerprint(settings),
+        "settings": json.loads(json.dumps(dict(settings), default=str)),
+        "model_type": settings.model_type,
+        "model_label": model_label(settings),
+        "world_size": run.ctx.world_size,
+    }
+    if run.sem_optimizer is not None:
+        blob.update(sem_optimizer_state=run.sem_optimizer.state_dict(),
+                    sem_scheduler_state=run.sem_scheduler.state_dict(), sem_decoder_config=run.decoder.config)
+    save_torch(blob, path)
+
+
+def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
+    """One iteration of Alg. 1 on this rank's batch; returns the losses averaged over ranks."""
+    settings, ctx, sam = run.settings, run.ctx, run.sam
+    k = D.global_min(batch["masks"].shape[1], ctx)
+    images = batch["image"].to(ctx.device, non_blocking=True)
+    masks = batch["masks"][:, :k].to(ctx.device).float()
+    use_box, use_mask = D.broadcast_flags(iteration_draws(run.seed, iteration, settings.p_box, settings.p_mask), ctx)
+    rngs = _image_rngs(run.seed, STREAM_PROMPTS, batch["position"])
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.model.zero_grad(set_to_none=True)
+    with autocast:
+        embeddings = sam.image_encoder(images)
+        losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
+                           n_steps=settings.n_steps, box_distortion=settings.box_distortion)
+    losses["loss"].backward()
+    D.average_gradients(list(sam.parameters()), ctx)
+    run.optimizer.step()
+    run.scheduler.step()
+    row = {key: float(value.detach()) for key, value in losses.items()}
+    if run.decoder is not None:  # Alg. 1 lines 37-40, own backward and step (the encoder is updated twice)
+        run.model.zero_grad(set_to_none=True)
         with autocast:
-            embeddings = sam.image_encoder(images)
-            losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
-                               n_steps=settings["n_steps"], box_distortion=settings["box_distortion"])
-        losses["loss"].backward()
-        D.average_gradients(sam_params, ctx)
-        optimizer.step()
-        scheduler.step()
-        row = {k_: float(v.detach()) for k_, v in losses.items()}
-        if decoder is not None:  # Alg. 1 lines 37-40, own backward and step (the encoder is updated twice)
-            model.zero_grad(set_to_none=True)
-            with autocast:
-                logits = decoder(sam.image_encoder(images), images)
-                sem_loss = semantic_dice_loss(logits, batch["foreground"].to(ctx.device).float())
-            sem_loss.backward()
-            D.average_gradients(sem_params, ctx)
-            sem_optimizer.step()
-            sem_scheduler.step()
-            row["sem_loss"] = float(sem_loss.detach())
-        row = D.mean_over_ranks(row, ctx)
-        done = it + 1
-        elapsed = time.perf_counter() - tick
-        metrics.add({**row, "iteration": done, "split": "train", "lr": lr, "images_per_s": global_batch / elapsed,
-                     "use_box": int(use_box), "use_mask": int(use_mask)})
+            logits = run.decoder(sam.image_encoder(images), images)
+            sem_loss = semantic_dice_loss(logits, batch["foreground"].to(ctx.device).float())
+        sem_loss.backward()
+        D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
+        run.sem_optimizer.step()
+        run.sem_scheduler.step()
+        row["sem_loss"] = float(sem_loss.detach())
+    return {**D.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
+
+
+def validate_and_checkpoint(run: Run, done: int, metrics: MetricsLog, stop: bool) -> None:
+    """Validate when due (keeping ``best.pt``) and write ``latest.pt`` when due; rank 0 only writes."""
+    settings, ctx = run.settings, run.ctx
+    last = done == settings.iterations
+    if run.val_ds is not None and (done % settings.val_every == 0 or last) and ctx.is_main:
+        result = validate(run.model, run.val_ds, settings, run.seed, ctx.device)
+        metrics.add({"iteration": done, "split": "val", "loss": result["metric"], "mask_loss": result["interactive"],
+                     "sem_loss": "" if np.isnan(result["semantic"]) else result["semantic"]})
+        if result["metric"] < run.best:
+            run.best = result["metric"]
+            save_checkpoint(run, run.best_path, done)
+            log.info("iteration %d: new best validation metric %.4f", done, run.best)
+    if ctx.is_main and (done % settings.checkpoint_every == 0 or last or stop):
+        save_checkpoint(run, run.latest, done)
+    D.barrier(ctx)
+
+
+def summarize(run: Run, divergence: float) -> dict:
+    """The run's summary (``training.json``, the rule's output, written last)."""
+    settings = run.settings
+    if not run.best_path.exists():  # no validation split: the final weights are the best we know
+        shutil.copyfile(run.latest, run.best_path)
+    summary = {"run": settings.run, "iterations": settings.iterations, "model_type": settings.model_type,
+               "base": settings.base, "model_label": model_label(settings), "preset": settings.preset,
+               "best_metric": None if run.best == float("inf") else run.best, "world_size": run.ctx.world_size,
+               "rank_divergence": divergence, "train_images": len(run.train_items),
+               "val_images": len(run.val_items), "settings": dict(settings)}
+    write_json(run.out_dir / "training.json", summary)
+    return summary
+
+
+def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
+          die_after: int | None = None) -> dict:
+    """Run (or continue) one finetune run; returns the summary written to ``training.json``.
+
+    ``settings`` is a :class:`FinetuneSettings` (or a mapping of its fields). ``die_after``: fault
+    injection for tests, SIGKILL this process once that many iterations are done (after any
+    checkpoint of that iteration).
+    """
+    ctx = D.setup()
+    if ctx.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    D.barrier(ctx)
+    run = set_up(settings, corpus_table, store_paths, out_dir, seed, ctx)
+    resume(run)
+    D.broadcast_parameters(run.model, ctx)
+    settings = run.settings
+    metrics = MetricsLog(run.out_dir, run.start, ctx.is_main, model_label(settings))
+    preemption = PreemptionFlag()
+    loader = DataLoader(run.train_ds, batch_sampler=IterationBatches(run.start, settings.iterations,
+                                                                     settings.batch_size, ctx.rank, ctx.world_size),
+                        num_workers=settings.num_workers, collate_fn=collate)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and settings.bf16)
+    progress = tqdm(total=settings.iterations, initial=run.start, desc=settings.run, disable=not ctx.is_main)
+    for iteration, batch in enumerate(loader, start=run.start):
+        tick = time.perf_counter()
+        row = train_step(run, batch, iteration, autocast)
+        done = iteration + 1
+        metrics.add({**row, "iteration": done, "split": "train",
+                     "images_per_s": run.global_batch / (time.perf_counter() - tick)})
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.4f}")
-        last = done == settings["iterations"]
-        if val_ds is not None and (done % settings["val_every"] == 0 or last):
-            val_result = validate(model, val_ds, settings, seed, ctx.device) if ctx.is_main else None
-            if ctx.is_main:
-                metrics.add({"iteration": done, "split": "val", "loss": val_result["metric"],
-                             "mask_loss": val_result["interactive"],
-                             "sem_loss": "" if np.isnan(val_result["semantic"]) else val_result["semantic"]})
-                if val_result["metric"] < best:
-                    best = val_result["metric"]
-                    save(best_path, done)
-                    log.info("iteration %d: new best validation metric %.4f", done, best)
         stop = D.any_rank(preemption.requested, ctx)
-        if ctx.is_main and (done % settings["checkpoint_every"] == 0 or last or stop):
-            save(latest, done)
-        D.barrier(ctx)
+        validate_and_checkpoint(run, done, metrics, stop)
         if stop:  # preempted (SIGTERM/SIGINT): the checkpoint above makes the rerun continue from here
-            log.warning("stopping after iteration %d on request; rerun to resume from %s", done, latest)
+            log.warning("stopping after iteration %d on request; rerun to resume from %s", done, run.latest)
             metrics.close()
             preemption.restore()
             D.teardown(ctx)
@@ -331,18 +392,9 @@ def train(settings: dict, corpus_table, store_paths: dict[str, str], out_dir, se
     progress.close()
     metrics.close()
     preemption.restore()
-    divergence = D.max_divergence(model, ctx)  # data parallelism must keep every rank's weights equal
+    divergence = D.max_divergence(run.model, ctx)  # data parallelism must keep every rank's weights equal
     if divergence > 0:
         log.error("weights differ across ranks by up to %g", divergence)
-    summary = {}
-    if ctx.is_main:
-        if not best_path.exists():  # no validation split: the final weights are the best we know
-            shutil.copyfile(latest, best_path)
-        summary = {"run": settings["run"], "iterations": settings["iterations"], "model_type": settings["model_type"],
-                   "base": settings["base"], "model_label": model_label(settings), "preset": settings["preset"],
-                   "best_metric": None if best == float("inf") else best, "world_size": ctx.world_size,
-                   "rank_divergence": divergence,
-                   "train_images": len(train_items), "val_images": len(val_items), "settings": settings}
-        write_json_atomic(summary, out_dir / "training.json")
+    summary = summarize(run, divergence) if ctx.is_main else {}
     D.teardown(ctx)
     return summary

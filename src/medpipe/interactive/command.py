@@ -1,4 +1,4 @@
-"""``medpipe embed``, ``eval2d`` and ``eval3d``: one model on one dataset.
+"""Command lines of the interactive stage: ``medpipe embed``, ``eval2d``, ``eval3d`` and ``eval3d-sam2``.
 
 ``embed`` fills the model's embedding cache with every image the evaluation of the dataset will
 use, once; ``eval2d`` (one or more settings) and ``eval3d`` (one or more first-slice prompts) then
@@ -19,25 +19,16 @@ from tqdm import tqdm
 from medpipe.config import load_config
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, case_embeddings
-from medpipe.interactive.models import load_model, model_key, model_specs, pick_device
+from medpipe.models.device import pick_device
+from medpipe.models.sam import load_model
+from medpipe.models.specs import model_key, model_specs
 from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.interactive.tables import GRID, write_tsv
+from medpipe.files import write_tsv
+from medpipe.tables import GRID
+from medpipe.splits import split_case_ids
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
-
-
-def split_cases(path, dataset: str, split: str) -> list[str]:
-    """Case ids of ``split`` in the split table at ``path`` (sorted, as in the table)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split table does not exist")
-    table = pd.read_csv(path, sep="\t", dtype=str)
-    missing = {"dataset", "case_id", "split"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: split table lacks columns {sorted(missing)}")
-    part = table[(table["dataset"] == dataset) & (table["split"] == split)]
-    return sorted(part["case_id"])
 
 
 def _common(parser) -> None:
@@ -66,7 +57,7 @@ def _setup(args):
     return config, predictor, cache, DatasetStore(args.store)
 
 
-def add_arguments_embed(parser) -> None:
+def add_embed_arguments(parser) -> None:
     _common(parser)
 
 
@@ -78,12 +69,12 @@ def run_embed(args) -> int:
         raise SystemExit(f"{args.config}: dataset {args.dataset!r} is not configured")
     roles = config["datasets"][args.dataset].get("roles", [])
     if "interactive3d" in roles:
-        volumes = split_cases(args.splits, args.dataset, "val") + split_cases(args.splits, args.dataset, "test")
+        volumes = split_case_ids(args.splits, args.dataset, "val") + split_case_ids(args.splits, args.dataset, "test")
         for case_id in tqdm(volumes, desc=f"embed {args.model}/{args.dataset} volumes", unit="volume"):
             case_embeddings(cache, predictor, store, case_id)
     n_images = 0
     if "interactive2d" in roles:
-        for case_id in tqdm(split_cases(args.splits, args.dataset, section["split2d"]),
+        for case_id in tqdm(split_case_ids(args.splits, args.dataset, section["split2d"]),
                             desc=f"embed {args.model}/{args.dataset} images", unit="case"):
             # drawing each image from the generator encodes it, or finds it in the cache
             n_images += sum(1 for _ in eval2d.images_of_case(predictor, cache, store, case_id, section["min_object_px"]))
@@ -91,7 +82,7 @@ def run_embed(args) -> int:
     return 0
 
 
-def add_arguments_eval2d(parser) -> None:
+def add_eval2d_arguments(parser) -> None:
     _common(parser)
     parser.add_argument("--start", nargs="+", choices=eval2d.STARTS, help="override interactive.starts")
     parser.add_argument("--masks", nargs="+", choices=eval2d.MASKS, help="override interactive.masks")
@@ -101,7 +92,7 @@ def add_arguments_eval2d(parser) -> None:
 def run_eval2d(args) -> int:
     config, predictor, cache, store = _setup(args)
     section = config["interactive"]
-    cases = split_cases(args.splits, args.dataset, section["split2d"])
+    cases = split_case_ids(args.splits, args.dataset, section["split2d"])
     if not cases:
         raise SystemExit(f"{args.splits}: dataset {args.dataset} has no {section['split2d']!r} cases")
     table = eval2d.evaluate_dataset(
@@ -114,7 +105,7 @@ def run_eval2d(args) -> int:
     return 0
 
 
-def add_arguments_eval3d(parser) -> None:
+def add_eval3d_arguments(parser) -> None:
     _common(parser)
     parser.add_argument("--out-dir", required=True, help="folder for grid.tsv, selected.tsv, test.tsv, oracle.tsv")
     parser.add_argument("--iou-thresholds", nargs="+", type=float, help="override the grid (e.g. one grid point)")
@@ -132,8 +123,8 @@ def run_eval3d(args) -> int:
     starts, seeds = args.starts or config["interactive"]["starts3d"], config["interactive"]["seeds"]
     min_px = config["interactive"]["min_object_px"]
     out = Path(args.out_dir)
-    val_cases = split_cases(args.splits, args.dataset, "val")
-    test_cases = split_cases(args.splits, args.dataset, "test")
+    val_cases = split_case_ids(args.splits, args.dataset, "val")
+    test_cases = split_case_ids(args.splits, args.dataset, "test")
     if not val_cases:
         raise SystemExit(f"{args.splits}: dataset {args.dataset} has no validation volumes for the 3D grid search")
     with_oracle = section["oracle"] and not args.grid_only
@@ -161,4 +152,31 @@ def run_eval3d(args) -> int:
     write_tsv(oracle, out / "oracle.tsv")
     log.info("3D %s/%s: chose %s; %d encoder passes", args.model, args.dataset,
              chosen[["start", *GRID]].to_dict("records"), cache.computed)
+    return 0
+
+
+def add_eval3d_sam2_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="validated config snapshot (YAML)")
+    parser.add_argument("--model", required=True, help="name of the SAM2 model (a key of `interactive.sam2`)")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--store", required=True, help="the dataset's zarr store")
+    parser.add_argument("--splits", required=True, help="the dataset's split table (TSV)")
+    parser.add_argument("--out", required=True, help="result table (TSV)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when present)")
+
+
+def run_eval3d_sam2(args) -> int:
+    from medpipe.interactive.sam2_baseline import build_video_predictor, evaluate_split
+
+    config = load_config(args.config)
+    section = config["interactive"]
+    models = section["sam2"]
+    if args.model not in models:
+        raise SystemExit(f"{args.config}: SAM2 model {args.model!r} is not in interactive.sam2 ({sorted(models)})")
+    spec = models[args.model]
+    predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device), config["seed"])
+    table = evaluate_split(predictor, DatasetStore(args.store), split_case_ids(args.splits, args.dataset, "test"),
+                           "test", section["starts3d"], section["seeds"], args.model, section["min_object_px"])
+    write_tsv(table, args.out)
+    log.info("SAM2 %s/%s: %d rows, mean Dice %.3f", args.model, args.dataset, len(table), table["dice"].mean())
     return 0

@@ -28,7 +28,7 @@ from medpipe import prompts
 from medpipe.interactive.embeddings import case_embeddings, slice_embeddings, slice_entry
 from medpipe.interactive.objects import MIN_OBJECT_PX, Obj, connected_objects, objects_per_slice
 from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.interactive.tables import COLUMNS_2D, KEYS_2D, check_complete
+from medpipe.tables import COLUMNS_2D, KEYS_2D, check_complete
 from medpipe.metrics import dice
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medpipe.aggregate.stats import hierarchical_mean
+from medpipe.metrics import hierarchical_mean
 from medpipe.interactive.embeddings import case_embeddings
 from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
 from medpipe.interactive.propagate3d import GridPoint, first_slice_prompts, predict_slice, score_grid
-from medpipe.interactive.tables import COLUMNS_3D, GRID, MissingResultError
+from medpipe.tables import COLUMNS_3D, GRID, MissingResultError
 
 log = logging.getLogger(__name__)
 

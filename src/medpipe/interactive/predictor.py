@@ -18,7 +18,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from medpipe import prompts
-from medpipe.sam.preprocess import percentile_normalize, resized_shape, sam_input, to_three_channels
+from medpipe.models.transforms import percentile_normalize, resized_shape, sam_input, to_three_channels
 
 #: the reference evaluation prompts up to this many objects of an image in one decoder call
 MAX_BATCH = 32

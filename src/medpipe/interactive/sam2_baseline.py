@@ -94,35 +94,3 @@ def evaluate_split(predictor, store, case_ids, split, starts, seeds, model, min_
         rows += evaluate_volume(predictor, store.image(case_id), store.label(case_id), store.classes, starts, seeds,
                                 meta, min_object_px)
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="validated config snapshot (YAML)")
-    parser.add_argument("--model", required=True, help="name of the SAM2 model (a key of `interactive.sam2`)")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--store", required=True, help="the dataset's zarr store")
-    parser.add_argument("--splits", required=True, help="the dataset's split table (TSV)")
-    parser.add_argument("--out", required=True, help="result table (TSV)")
-    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when present)")
-
-
-def run(args) -> int:
-    from medpipe.config import load_config
-    from medpipe.interactive.command import split_cases
-    from medpipe.interactive.models import pick_device
-    from medpipe.interactive.tables import write_tsv
-    from medpipe.store import DatasetStore
-
-    config = load_config(args.config)
-    section = config["interactive"]
-    models = section["sam2"]
-    if args.model not in models:
-        raise SystemExit(f"{args.config}: SAM2 model {args.model!r} is not in interactive.sam2 ({sorted(models)})")
-    spec = models[args.model]
-    predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device), config["seed"])
-    store = DatasetStore(args.store)
-    table = evaluate_split(predictor, store, split_cases(args.splits, args.dataset, "test"), "test",
-                           section["starts3d"], section["seeds"], args.model, section["min_object_px"])
-    write_tsv(table, args.out)
-    log.info("SAM2 %s/%s: %d rows, mean Dice %.3f", args.model, args.dataset, len(table), table["dice"].mean())
-    return 0

@@ -1,6 +1,5 @@
 """Reading raw medical image files (NIfTI, PNG/JPG, TIFF, DICOM series, MHA/NRRD) into arrays."""
 
-from medpipe.io.checksum import sha256_of
 from medpipe.io.readers import ImageMeta, ReadError, base_name, is_lazy, read_image
 
-__all__ = ["ImageMeta", "ReadError", "base_name", "is_lazy", "read_image", "sha256_of"]
+__all__ = ["ImageMeta", "ReadError", "base_name", "is_lazy", "read_image"]

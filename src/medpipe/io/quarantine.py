@@ -8,9 +8,10 @@ reviewer (or a test) can see exactly which files were left out and why.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+
+from medpipe.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,11 @@ def _clean(value: str) -> str:
 def write_quarantine(path: str | Path, rows: list[QuarantineRow]) -> Path:
     """Write ``rows`` as a TSV with header ``dataset case_id image label problem`` (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-            writer.writerow(COLUMNS)
-            for row in rows:
-                writer.writerow([_clean(v) for v in astuple(row)])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([_clean(v) for v in astuple(row)])
     return path
 
 

@@ -9,31 +9,22 @@ would otherwise almost never be seen. Every draw comes from the numpy Generator 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medpipe.semantic.preprocess import intensity_range, scale_intensity
+from medpipe.splits import COLUMNS as SPLIT_COLUMNS
+from medpipe.splits import SplitError, read_split_table
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
-SPLIT_COLUMNS = ("dataset", "case_id", "patient_id", "modality", "split")
 MAX_FG_POINTS = 20_000
-
-
-class SplitError(RuntimeError):
-    """The split table does not fit the store."""
 
 
 def read_split(path, dataset: str, store: DatasetStore) -> dict[str, list[str]]:
     """Case ids per split (train/val/test) of ``dataset``; every listed case must be in the store."""
-    path = Path(path)
-    table = pd.read_csv(path, sep="\t", dtype=str)
-    missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
-    if missing:
-        raise SplitError(f"{path}: missing columns {missing}")
+    table = read_split_table(path, required=SPLIT_COLUMNS)
     table = table[table["dataset"] == dataset]
     unknown = sorted(set(table["case_id"]) - set(store.case_ids))
     if unknown:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medpipe.files import atomic_path, write_tsv
 from medpipe.metrics import dice_per_class
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,8 @@ def dice_rows(case_id: str, prediction: np.ndarray, target: np.ndarray, classes:
 
 def write_table(rows: list[dict], path) -> pd.DataFrame:
     """Write rows as a TSV with the result columns, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, sep="\t", index=False, na_rep="nan")
-    os.replace(tmp, path)
+    write_tsv(frame, path, na_rep="nan")
     return frame
 
 
@@ -49,13 +46,12 @@ def write_prediction(prediction: np.ndarray, spacing, folder, case_id: str) -> P
 
         path = folder / f"{case_id}.nii.gz"
         affine = np.diag(list(reversed([float(s) for s in spacing])) + [1.0])
-        tmp = folder / f".{case_id}.{os.getpid()}.tmp.nii.gz"
-        nib.save(nib.Nifti1Image(prediction.astype(dtype).transpose(2, 1, 0), affine), tmp)
+        with atomic_path(path) as tmp:
+            nib.save(nib.Nifti1Image(prediction.astype(dtype).transpose(2, 1, 0), affine), tmp)
     else:
         import imageio.v3 as iio
 
         path = folder / f"{case_id}.png"
-        tmp = folder / f".{case_id}.{os.getpid()}.tmp.png"
-        iio.imwrite(tmp, prediction.astype(dtype))
-    os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            iio.imwrite(tmp, prediction.astype(dtype))
     return path

@@ -2,7 +2,7 @@
 
 Intensities are normalised per case (1st-99th percentile of the whole image or volume, SPEC 3.2),
 so a training patch and the full-case inference see the same mapping. SAM's geometry (resize the
-longest side to the input size, normalise, pad bottom/right) comes from ``medpipe.sam.preprocess``.
+longest side to the input size, normalise, pad bottom/right) comes from ``medpipe.models.transforms``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medpipe.sam.preprocess import normalize_pixels, pad_to_square, resize_image, resize_label, resized_shape
+from medpipe.models.transforms import normalize_pixels, pad_to_square, resize_image, resize_label, resized_shape
 
 
 def intensity_range(image: np.ndarray, lower: float = 1.0, upper: float = 99.0, max_samples: int = 1_000_000):

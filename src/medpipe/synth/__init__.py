@@ -1,4 +1,4 @@
-"""``medpipe synth``: generate a demo raw dataset in real file formats.
+"""Demo raw datasets in real file formats (``medpipe synth``).
 
 The demo study and the tests need data that looks like the real thing to every later stage (file
 formats, dtypes, spacing, patients, several instances and classes, tiny objects) without any
@@ -7,35 +7,6 @@ download. One module per modality kind draws images; ``generate`` writes them re
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 from .generate import KINDS, SynthError, generate_dataset
 
-__all__ = ["KINDS", "SynthError", "add_arguments", "generate_dataset", "run"]
-
-log = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True, choices=sorted(KINDS), help="modality kind to generate")
-    parser.add_argument("--out", required=True, help="output folder (gets images/, labels/, manifest.json)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; same seed and arguments give identical files")
-    parser.add_argument("--patients", type=int, default=4, help="number of patients (p000, p001, ...)")
-    parser.add_argument("--images-per-patient", type=int, default=3, help="images (2D) or volumes (3D) per patient")
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="Y X for 2D kinds, Z Y X for 3D kinds (default: 128 128; ct 24 96 96; mri 20 96 96)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        generate_dataset(args.out, args.kind, args.seed, args.patients, args.images_per_patient, args.size)
-    except SynthError as exc:
-        log.error("synth: %s", exc)
-        return 2
-    return 0
+__all__ = ["KINDS", "SynthError", "generate_dataset"]

@@ -1,4 +1,4 @@
-"""``medpipe ingest``: one raw dataset -> one zarr v3 dataset store (layout: docs/data-format.md).
+"""Ingest: one raw dataset -> one zarr v3 dataset store (layout: docs/data-format.md).
 
 Why it is built this way:
 
@@ -34,7 +34,7 @@ import zarr
 from tqdm import tqdm
 
 from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
-from medpipe.io.checksum import sha256_of
+from medpipe.files import sha256_of
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.io.readers import ImageMeta, ReadError, read_image
 from medpipe.store import COMPLETE_FLAG, FORMAT_VERSION
@@ -289,30 +289,3 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
     if not written:
         log.warning("%s: every case was quarantined; the store %s is empty (see %s)", dataset, out, quarantine)
     return IngestReport(dataset, out, sorted(written), rows)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="study config (YAML)")
-    parser.add_argument("--dataset", required=True, help="name of the dataset entry in the config")
-    parser.add_argument("--out", required=True, help="dataset store to write (<name>.zarr)")
-    parser.add_argument("--quarantine", required=True, help="TSV of refused cases to write")
-
-
-def run(args) -> int:
-    from medpipe.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    if args.dataset not in config["datasets"]:
-        log.error("%s: no dataset %r (known: %s)", args.config, args.dataset, ", ".join(config["datasets"]))
-        return 2
-    try:
-        ingest_dataset(args.dataset, config["datasets"][args.dataset], args.out, args.quarantine,
-                       config.get("ingest"))
-    except DatasetConfigError as exc:
-        log.error("%s: %s", args.config, exc)
-        return 2
-    return 0

@@ -1,10 +1,8 @@
-"""Which models the interactive evaluation runs, and how one is loaded reproducibly.
+"""Which models a study evaluates, and what identifies their weights (torch-free).
 
 Models are the config's base models (``models.<name>: {type, checkpoint}``) and every finetune run
-(``finetune.runs.<run>``, exported to ``<results>/models/<run>.pth`` with its base's type). A
-random-init model (checkpoint ``null``) is built under ``torch.manual_seed(seed)``, so every job
-of the study evaluates the same weights and embeddings cached by one job fit the decoder of the
-next.
+(``finetune.runs.<run>``, exported to ``<results>/models/<run>.pth`` with its base's type). The
+workflow reads this at parse time, so it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpipe.sam.names import RANDOM_INIT, checkpoint_label
+from medpipe.models.names import RANDOM_INIT, checkpoint_label
 
 
 @dataclass(frozen=True)
@@ -38,25 +36,6 @@ def model_key(spec: ModelSpec, seed: int) -> str:
     """What identifies the weights: the checkpoint's content hash, or type + seed for random init."""
     if checkpoint_label(spec.checkpoint) == RANDOM_INIT:
         return f"{spec.type}:{RANDOM_INIT}:seed{seed}"
-    from medpipe.io.checksum import sha256_of  # lazily: workflow files import this module
+    from medpipe.files import sha256_of
 
     return f"{spec.type}:sha256:{sha256_of(spec.checkpoint)}"
-
-
-def load_model(spec: ModelSpec, seed: int, device="cpu"):
-    """The ``segment_anything.Sam`` of ``spec`` in eval mode (random init seeded with ``seed``)."""
-    import torch  # here, not at module level: workflow files import this module and must parse fast
-
-    from medpipe.sam import build_sam
-
-    torch.manual_seed(seed)
-    return build_sam(spec.type, spec.checkpoint, device=device)
-
-
-def pick_device(requested: str = "auto") -> str:
-    """``cuda`` when asked for (or ``auto`` and a GPU is present), else ``cpu``."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested

@@ -1,6 +1,6 @@
 """SAM-UNETR 2D (SPEC 3.6): SAM's image encoder + the UNETR-like decoder of the joint semantic head.
 
-The decoder class is the one finetuning trains as e_sem (``medpipe.finetune.sem_decoder``), so a
+The decoder class is the one finetuning trains as e_sem (``medpipe.models.sem_decoder``), so a
 decoder pretrained there loads here weight for weight; only its 1x1 classifier differs (one
 foreground channel there, one channel per class here) and is freshly initialised.
 """
@@ -12,8 +12,8 @@ import logging
 import torch
 from torch import nn
 
-from medpipe.finetune.sem_decoder import SemanticDecoder, decoder_for, load_decoder
-from medpipe.semantic.posemb import resize_encoder
+from medpipe.models.sem_decoder import SemanticDecoder, decoder_for, load_decoder
+from medpipe.models.posemb import resize_encoder
 
 log = logging.getLogger(__name__)
 

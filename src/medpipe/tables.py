@@ -1,13 +1,13 @@
-"""Tidy result tables of the interactive evaluation: columns, atomic writing, completeness checks.
+"""Result tables passed from the interactive evaluation to the aggregation: columns, reading, checks.
 
-One row per object and iteration (2D) or per object and grid point (3D), always keyed by
-dataset, case id, class and object, never by position in a list, so two models' results are
-paired by what they describe (SPEC 3.8).
+The columns are the interface between the two stages (neither imports the other). One row per
+object and iteration (2D) or per object and grid point (3D), always keyed by dataset, case id,
+class and object, never by position in a list, so two models' results are paired by what they
+describe.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,16 +22,6 @@ GRID = ["iou_threshold", "projection", "box_extension"]
 
 class MissingResultError(RuntimeError):
     """A result the protocol must have produced is absent (never silently shift a pairing)."""
-
-
-def write_tsv(frame: pd.DataFrame, path) -> Path:
-    """Write ``frame`` as TSV atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
-    return path
 
 
 def read_tsv(path, columns=None) -> pd.DataFrame:

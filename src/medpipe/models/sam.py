@@ -16,7 +16,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from medpipe.sam.names import MODEL_TYPES, RANDOM_INIT, SAM_TYPES, checkpoint_label  # noqa: F401
+from medpipe.models.names import MODEL_TYPES, RANDOM_INIT, checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +116,14 @@ def build_sam(model_type: str, checkpoint=None, device="cpu") -> Sam:
     else:
         log.info("built %s SAM with random init (%s)", model_type, RANDOM_INIT)
     return sam.to(device).eval()
+
+
+def load_model(spec, seed: int, device="cpu") -> Sam:
+    """The ``Sam`` of a :class:`medpipe.models.specs.ModelSpec` in eval mode.
+
+    A random-init model (checkpoint ``None``) is built under ``torch.manual_seed(seed)``, so every
+    job of a study gets the same weights and an embedding cached by one job fits the next job's
+    decoder.
+    """
+    torch.manual_seed(seed)
+    return build_sam(spec.type, spec.checkpoint, device=device)

@@ -79,12 +79,9 @@ def decoder_for(sam, out_channels: int = 1) -> SemanticDecoder:
 
 def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
     """Write ``{"config": ..., "state_dict": ...}`` (weights-only loadable) atomically."""
-    import os
+    from medpipe.files import save_torch
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"config": decoder.config, "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    save_torch({"config": decoder.config, "state_dict": state}, path)
 
 
 def load_decoder(path) -> SemanticDecoder:

@@ -1,0 +1,127 @@
+"""Does an exported model load and predict in the SAM tools? (the compatibility table, paper Tab. 1)
+
+``check_compat`` loads the file the way each library does (``segment_anything``'s registry with
+strict keys; micro-sam's ``get_sam_model`` when installed) and runs one prediction;
+``compat_rows`` flattens the checks into the table's rows.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medpipe.files import sha256_of
+from medpipe.models.names import MODEL_TYPES, SAM_TYPES
+
+TABLE_COLUMNS = ["model", "model_type", "base", "library", "version", "loads_strict", "predicts", "status", "sha256"]
+
+
+def _probe_image() -> np.ndarray:
+    """A deterministic 96x128 RGB test image with a bright disc (for one SamPredictor call)."""
+    yy, xx = np.mgrid[:96, :128]
+    image = np.where((yy - 48) ** 2 + (xx - 64) ** 2 < 400, 200, 40).astype(np.uint8)
+    return np.repeat(image[..., None], 3, axis=-1)
+
+
+def _predict_once(sam) -> tuple[bool, str]:
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam.eval())
+    with torch.no_grad():
+        predictor.set_image(_probe_image())
+        masks, scores, low_res = predictor.predict(point_coords=np.array([[64, 48]]), point_labels=np.array([1]),
+                                                   multimask_output=True)
+    ok = masks.shape == (3, 96, 128) and np.isfinite(scores).all() and np.isfinite(low_res).all()
+    return bool(ok), "" if ok else f"unexpected prediction: masks {masks.shape}, scores {scores}"
+
+
+def check_segment_anything(path: Path, model_type: str, predict: bool = True) -> dict:
+    """Load with ``sam_model_registry[type](checkpoint=path)`` (strict) and run one SamPredictor call.
+
+    The registry has no ``tiny`` entry; a tiny model is built from the same classes
+    (:func:`medpipe.models.sam.build_tiny_sam`) and loaded with ``load_state_dict(strict=True)``.
+    """
+    from segment_anything import sam_model_registry
+
+    from medpipe.models.sam import build_tiny_sam
+
+    result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
+              "loads_strict": False, "predicts": False, "status": ""}
+    try:
+        if model_type == "tiny":
+            sam = build_tiny_sam()
+            sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        else:
+            sam = sam_model_registry[model_type](checkpoint=str(path))
+        result["loads_strict"] = True
+    except Exception as exc:
+        result["status"] = f"load failed: {exc}".replace("\n", " ")[:500]
+        return result
+    if predict:
+        try:
+            result["predicts"], result["status"] = _predict_once(sam)
+        except Exception as exc:
+            result["status"] = f"prediction failed: {exc}".replace("\n", " ")[:500]
+    result["status"] = result["status"] or "ok"
+    return result
+
+
+def check_micro_sam(path: Path, model_type: str, predict: bool = True) -> dict:
+    """micro-sam's loader (``micro_sam.util.get_sam_model``) when micro-sam is installed."""
+    result = {"library": "micro_sam", "version": _version("micro_sam", "micro-sam", "micro_sam"),
+              "loads_strict": False, "predicts": False, "status": ""}
+    if importlib.util.find_spec("micro_sam") is None:
+        result["status"] = "not installed"
+        return result
+    if model_type not in SAM_TYPES:
+        result["status"] = f"skipped: micro-sam has no {model_type} model type"
+        return result
+    try:
+        from micro_sam.util import get_sam_model
+
+        predictor = get_sam_model(model_type=model_type, checkpoint_path=str(path), device="cpu")
+        result["loads_strict"] = True
+        if predict:
+            result["predicts"], result["status"] = _predict_once(predictor.model)
+    except Exception as exc:
+        result["status"] = f"failed: {exc}".replace("\n", " ")[:500]
+    result["status"] = result["status"] or "ok"
+    return result
+
+
+def _version(module: str, *dists: str) -> str:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "" if importlib.util.find_spec(module) is None else "unknown"
+
+
+def check_compat(path, model_type: str, predict: bool = True) -> dict:
+    """Check ``path`` with every library we know; ``compatible`` is segment_anything's verdict."""
+    path = Path(path)
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: exported model does not exist")
+    libraries = [check_segment_anything(path, model_type, predict), check_micro_sam(path, model_type, predict)]
+    sam_ok = libraries[0]["loads_strict"] and (libraries[0]["predicts"] or not predict)
+    return {"file": str(path), "model_type": model_type, "sha256": sha256_of(path), "compatible": bool(sam_ok),
+            "libraries": libraries}
+
+
+def compat_rows(results: list[dict]) -> list[dict]:
+    """One table row per (checked file, library)."""
+    rows = []
+    for result in results:
+        for lib in result["libraries"]:
+            rows.append({"model": result.get("model", ""), "model_type": result["model_type"],
+                         "base": result.get("base", "") or "", "library": lib["library"], "version": lib["version"],
+                         "loads_strict": lib["loads_strict"], "predicts": lib["predicts"], "status": lib["status"],
+                         "sha256": result["sha256"]})
+    return rows

@@ -1,0 +1,105 @@
+"""Writing outputs atomically and hashing files: the file utilities every stage uses.
+
+Snakemake (and a user looking at ``results/``) must never see half a file: a killed job leaves
+either the previous complete file or none. So every output is written to a temporary name in the
+same folder and renamed into place (``os.replace`` is atomic within a filesystem); a failure removes
+the temporary file. Checkpoints are written so that their bytes depend only on their content, so
+two runs that reach bit-identical weights publish the same sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BLOCK_BYTES = 4 * 1024 * 1024
+#: compound extensions kept at the end of a temporary name (writers choose the format by extension)
+_COMPOUND_EXTENSIONS = (".nii.gz", ".tar.gz")
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    return next((ext for ext in _COMPOUND_EXTENSIONS if name.endswith(ext)), path.suffix)
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """``.<name>.<pid>.tmp<ext>`` beside ``path``: hidden, per process, same format extension."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{_extension(path)}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
+
+    The parent folder is created. Use it for writers that take a file name (``savefig``,
+    ``nibabel.save``, ``imageio.imwrite``); the ``write_*`` helpers below use it too.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Pretty, key-sorted JSON with a final newline (values JSON cannot hold are written as text)."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_tsv(frame, path: str | os.PathLike, **to_csv) -> Path:
+    """A pandas frame as a tab-separated table without index; ``to_csv`` options pass through."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, **to_csv)
+    return Path(path)
+
+
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically and reproducibly.
+
+    Saving to a file object (not a file name) makes torch name the records inside the zip
+    ``archive/...`` instead of after the (temporary) file name, so equal content gives equal bytes.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, streamed in blocks; for a folder (a DICOM series) of its files.
+
+    A folder's digest is the SHA-256 of the lines ``<relative path>\\t<file sha256>\\n`` over all
+    files below it sorted by relative path, so renaming, adding, removing or changing any file
+    changes the digest.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return _file_digest(path)
+    digest = hashlib.sha256()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{member.relative_to(path).as_posix()}\t{_file_digest(member)}\n".encode())
+    return digest.hexdigest()
