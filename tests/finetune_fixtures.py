@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
+
+from medpipe.store import StoreWriter
 
 
 def _blobs(rng, shape, classes, count):
@@ -19,20 +20,11 @@ def _blobs(rng, shape, classes, count):
 
 
 def write_store(path: Path, name: str, ndim: int, cases: dict[str, tuple[np.ndarray, np.ndarray]], classes: dict):
-    root = zarr.open_group(str(path), mode="w")
-    root.attrs["dataset"] = {"name": name, "modality": "ct" if ndim == 3 else "xray", "ndim": ndim,
-                             "classes": {str(k): v for k, v in classes.items()}}
-    root.attrs["case_ids"] = sorted(cases)
-    group = root.create_group("cases")
-    for case_id, (image, label) in cases.items():
-        case = group.create_group(case_id)
-        case.attrs.update({"case_id": case_id, "patient_id": case_id.split("_")[0], "modality": "x",
-                           "spacing": [1.0] * ndim, "orientation": None, "source": {}, "sha256": {},
-                           "shape": list(image.shape), "dtype": str(image.dtype)})
-        case.create_array("image", data=image)
-        case.create_array("label", data=label)
-    root.attrs["medpipe"] = {"format_version": 1, "complete": True}
-    return path
+    with StoreWriter(path, name, "ct" if ndim == 3 else "xray", ndim, classes) as writer:
+        for case_id, (image, label) in cases.items():
+            writer.write_case(case_id, image, label, patient_id=case_id.split("_")[0], modality="x",
+                              spacing=[1.0] * ndim)
+        return writer.publish()
 
 
 def make_corpus(tmp: Path, seed: int = 0, size: int = 64) -> tuple[Path, list[Path]]:

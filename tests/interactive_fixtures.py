@@ -6,25 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import zarr
+
+from medpipe.store import StoreWriter
 
 
 def write_store(path, name: str, ndim: int, classes: dict[int, str], cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """A complete zarr v3 store in the layout of docs/data-format.md."""
-    root = zarr.open_group(str(path), mode="w")
-    cases_group = root.create_group("cases")
-    for case_id, (image, label) in cases.items():
-        group = cases_group.create_group(case_id)
-        group.create_array("image", data=image)
-        group.create_array("label", data=label)
-        group.attrs.update({"case_id": case_id, "patient_id": case_id, "modality": "ct", "spacing": [1.0] * ndim,
-                            "orientation": None, "shape": list(image.shape), "dtype": str(image.dtype)})
-    root.attrs.update({
-        "dataset": {"name": name, "modality": "ct", "ndim": ndim, "classes": {str(k): v for k, v in classes.items()}},
-        "case_ids": sorted(cases),
-        "medpipe": {"format_version": 1, "complete": True},
-    })
-    return Path(path)
+    """A complete store in the layout of docs/data-format.md, written by the library's own writer."""
+    with StoreWriter(path, name, "ct", ndim, classes) as writer:
+        for case_id, (image, label) in cases.items():
+            writer.write_case(case_id, image, label, patient_id=case_id, modality="ct", spacing=[1.0] * ndim)
+        return writer.publish()
 
 
 def write_splits(path, dataset: str, splits: dict[str, str]) -> Path:

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -266,7 +267,7 @@ def test_interrupted_ingest_keeps_the_old_store_and_leaves_no_partial(dataset_2d
 def test_killed_ingest_leaves_only_an_incomplete_partial_store(dataset_2d, monkeypatch):
     root, spec = dataset_2d
     interrupt_on_second_case(monkeypatch)
-    monkeypatch.setattr(ingest.shutil, "rmtree", lambda *a, **k: None)  # like SIGKILL: no cleanup runs
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # like SIGKILL: no cleanup runs
     with pytest.raises(KeyboardInterrupt):
         run_ingest(root, spec)
     assert not (root / "out/ds.zarr").exists()

@@ -1,11 +1,14 @@
-"""Read access to a medpipe dataset store (zarr v3), the interface between ingest and every later stage.
+"""The medpipe dataset store (zarr v3): the interface between ingest and every later stage.
 
-The layout is documented in ``docs/data-format.md``. Later stages import only this module to read
-data, so the on-disk layout can evolve in one place.
+The layout is documented in ``docs/data-format.md``. ``DatasetStore`` reads it and ``StoreWriter``
+writes it; every stage (and every test fixture) goes through these two, so the on-disk layout can
+evolve in one place.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +105,81 @@ class DatasetStore:
             spacing=tuple(attrs["spacing"]),
             attrs=attrs,
         )
+
+
+class StoreWriter:
+    """Writes a dataset store so that no reader ever sees a half store that looks complete.
+
+    The store is built in ``<out>.partial-<pid>`` with ``complete = false``; :meth:`publish` writes
+    the case list and ``complete = true`` last, then renames the folder into place (an existing
+    store is replaced only then). Used as a context manager, a failure removes the partial folder.
+    Ingest writes each case's arrays into :meth:`case_group` itself (chunked, streamed);
+    :meth:`write_case` stores small in-memory cases whole (tests, generated data).
+    """
+
+    def __init__(self, out: str | Path, name: str, modality: str, ndim: int, classes: dict):
+        self.out = Path(out)
+        self.partial = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._root = zarr.open_group(str(self.partial), mode="w", zarr_format=3)
+        self._root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: False}
+        self._root.attrs["dataset"] = {
+            "name": name,
+            "modality": modality,
+            "ndim": int(ndim),
+            "classes": {str(k): v for k, v in sorted(classes.items(), key=lambda kv: int(kv[0]))},
+        }
+        self._root.attrs["case_ids"] = []
+        self._cases = self._root.create_group("cases")
+        self._written: list[str] = []
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.partial.exists():  # not published: an error happened
+            shutil.rmtree(self.partial, ignore_errors=True)
+
+    def case_group(self, case_id: str) -> zarr.Group:
+        """A new, empty case group; fill it, then call :meth:`case_done` (or :meth:`discard_case`)."""
+        return self._cases.create_group(case_id)
+
+    def case_done(self, case_id: str) -> None:
+        self._written.append(case_id)
+
+    def discard_case(self, case_id: str) -> None:
+        """Remove a case that failed half-way (it will not be listed)."""
+        if case_id in self._cases:
+            del self._cases[case_id]
+
+    def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray, *, patient_id: str, modality: str,
+                   spacing, orientation: str | None = None, source: dict | None = None,
+                   sha256: dict | None = None) -> None:
+        """Store one in-memory case whole, with the attributes of the data contract."""
+        group = self.case_group(case_id)
+        group.create_array("image", data=np.asarray(image))
+        group.create_array("label", data=np.asarray(label))
+        group.attrs.update({"case_id": case_id, "patient_id": patient_id, "modality": modality,
+                            "spacing": [float(s) for s in spacing], "orientation": orientation,
+                            "source": source or {}, "sha256": sha256 or {},
+                            "shape": [int(n) for n in np.shape(image)], "dtype": str(np.asarray(image).dtype)})
+        self.case_done(case_id)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return sorted(self._written)
+
+    def publish(self) -> Path:
+        """Mark the store complete (the last write) and move it into place."""
+        self._root.attrs["case_ids"] = self.case_ids
+        self._root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: True}
+        if self.out.exists():
+            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+            os.replace(self.partial, self.out)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.partial, self.out)
+        return self.out

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +36,7 @@ from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
 from medpipe.files import sha256_of
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.io.readers import ImageMeta, ReadError, read_image
-from medpipe.store import COMPLETE_FLAG, FORMAT_VERSION
+from medpipe.store import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,9 @@ def _as_dask(array, chunks: tuple[int, ...]) -> da.Array:
     return da.from_array(np.asarray(array), chunks=chunks)
 
 
-def _ingest_case(cases_group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: dict,
+def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: dict,
                  hasher: ThreadPoolExecutor) -> None:
-    """Write one case into ``cases_group`` or raise ``ReadError``/``CaseProblem`` (caller cleans up)."""
+    """Write one case into its (empty) ``group`` or raise ``ReadError``/``CaseProblem`` (caller cleans up)."""
     ndim = int(spec["ndim"])
     spatial_chunks = chunk_config["chunks_3d"] if ndim == 3 else chunk_config["chunks_2d"]
     digests = {"image": hasher.submit(sha256_of, case.image), "label": hasher.submit(sha256_of, case.label)}
@@ -127,7 +126,6 @@ def _ingest_case(cases_group: zarr.Group, case: CaseFiles, spec: dict, chunk_con
     classes = {int(k) for k in spec["classes"]}
     out_label_dtype = label_dtype(spec["classes"])
     names = ["z", "y", "x"][-len(imeta.spatial_shape):]
-    group = cases_group.create_group(case.case_id)
     z_image = group.create_array("image", shape=imeta.shape, dtype=imeta.dtype, chunks=image_chunks, fill_value=0,
                                  dimension_names=names + (["c"] if imeta.colour else []))
     z_label = group.create_array("label", shape=lmeta.shape, dtype=out_label_dtype, chunks=label_chunks,
@@ -210,22 +208,6 @@ def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
     return (lo != 0 or hi != 0), {v for v in suspects if bool((block == v).any())}
 
 
-def _remove_case(cases_group: zarr.Group, case_id: str) -> None:
-    if case_id in cases_group:
-        del cases_group[case_id]
-
-
-def _publish(partial: Path, out: Path) -> None:
-    """Move the complete partial store to ``out``, replacing an old store only now."""
-    if not out.exists():
-        os.replace(partial, out)
-        return
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old)
-
-
 def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | Path,
                    chunk_config: dict | None = None) -> IngestReport:
     """Ingest every case of one dataset into the store ``out``; refused cases go to ``quarantine``.
@@ -245,45 +227,26 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
     for row in rows:
         log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    if partial.exists():
-        shutil.rmtree(partial)
-    written: list[str] = []
-    try:
-        root = zarr.open_group(str(partial), mode="w", zarr_format=3)
-        root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: False}
-        root.attrs["dataset"] = {
-            "name": dataset,
-            "modality": spec["modality"],
-            "ndim": int(spec["ndim"]),
-            "classes": {str(k): v for k, v in sorted(spec["classes"].items(), key=lambda kv: int(kv[0]))},
-        }
-        root.attrs["case_ids"] = []
-        cases_group = root.create_group("cases")
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
-            for case in tqdm(cases, desc=f"ingest {dataset}", unit="case"):
-                try:
-                    _ingest_case(cases_group, case, spec, chunk_config, hasher)
-                except (ReadError, CaseProblem) as exc:
-                    problem = str(exc)
-                except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
-                    log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
-                    problem = f"{case.image}: unexpected error ({type(exc).__name__}: {exc})"
-                else:
-                    written.append(case.case_id)
-                    continue
-                log.warning("%s: quarantined case %r: %s", dataset, case.case_id, problem)
-                rows.append(QuarantineRow(dataset, case.case_id, str(case.image), str(case.label), problem))
-                _remove_case(cases_group, case.case_id)
-        root.attrs["case_ids"] = sorted(written)
-        root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: True}  # the last write
+    with StoreWriter(out, dataset, spec["modality"], int(spec["ndim"]), spec["classes"]) as writer, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
+        for case in tqdm(cases, desc=f"ingest {dataset}", unit="case"):
+            try:
+                _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher)
+            except (ReadError, CaseProblem) as exc:
+                problem = str(exc)
+            except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
+                log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
+                problem = f"{case.image}: unexpected error ({type(exc).__name__}: {exc})"
+            else:
+                writer.case_done(case.case_id)
+                continue
+            log.warning("%s: quarantined case %r: %s", dataset, case.case_id, problem)
+            rows.append(QuarantineRow(dataset, case.case_id, str(case.image), str(case.label), problem))
+            writer.discard_case(case.case_id)
         rows.sort(key=lambda r: (r.case_id, r.image, r.label))
         write_quarantine(quarantine, rows)
-        _publish(partial, out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        writer.publish()
+    written = writer.case_ids
     log.info("%s: %d cases written to %s, %d quarantined (listed in %s)",
              dataset, len(written), out, len(rows), quarantine)
     if not written:

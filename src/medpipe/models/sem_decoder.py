@@ -9,7 +9,6 @@ in its own file, because extra keys in the SAM checkpoint break the SAM tools.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn

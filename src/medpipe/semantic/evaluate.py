@@ -7,7 +7,6 @@ written as NIfTI with the case's spacing (open them in 3D Slicer or napari), 2D 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
