@@ -1,7 +1,8 @@
 """Load and validate a study configuration.
 
-The JSON schema in ``workflow/schemas/config.schema.yaml`` is the single definition of every key and
-its default; the Snakefile and every ``medpipe`` subcommand validate against it, so a bad key is
+The JSON schema ``medpipe/schemas/config.schema.yaml`` (packaged with medpipe; the workflow's
+``workflow/schemas/config.schema.yaml`` links to it) is the single definition of every key and its
+default; the Snakefile and every ``medpipe`` subcommand validate against it, so a bad key is
 reported before any job runs, naming the key.
 """
 
