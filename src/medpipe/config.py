@@ -46,8 +46,21 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _check_results_dir(config: dict, source: str) -> None:
+    """``results_dir`` must name a folder of its own: never empty, never the file system root, and
+    free of ``{``/``}`` (every output path is a Snakemake pattern that starts with it)."""
+    value = config.get("results_dir")
+    if not isinstance(value, str):
+        return  # the schema reports a missing or non-string value
+    if not value.strip() or os.path.normpath(value).strip("/") == "":  # "", "  ", "/", "//", "/./", "/.."
+        raise ConfigError(f"{source}: results_dir: must be a non-empty path other than '/', got {value!r}")
+    if "{" in value or "}" in value:
+        raise ConfigError(f"{source}: results_dir: must not contain '{{' or '}}' (Snakemake patterns), got {value!r}")
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place, fill defaults, normalise class ids to int; return it."""
+    _check_results_dir(config, source)
     for dataset in (config.get("datasets") or {}).values():
         if isinstance(dataset, dict) and isinstance(dataset.get("classes"), dict):
             dataset["classes"] = {str(k): v for k, v in dataset["classes"].items()}
