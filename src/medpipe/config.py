@@ -90,6 +90,11 @@ def load_config(path: str | os.PathLike) -> dict:
     return validate_config(config, source=str(path))
 
 
+def resolved_yaml(config: dict) -> str:
+    """The YAML text of a validated config, as :func:`write_resolved` writes it."""
+    return yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+
+
 def write_resolved(config: dict, path: str | os.PathLike) -> Path:
     """Write a validated config as YAML, atomically and only when its content changed.
 
@@ -97,7 +102,7 @@ def write_resolved(config: dict, path: str | os.PathLike) -> Path:
     the file untouched when nothing changed keeps its mtime stable.
     """
     path = Path(path)
-    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    text = resolved_yaml(config)
     if path.exists() and path.read_text() == text:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
