@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from dag_fixtures import params_changed_outputs
 from medpipe.store import DatasetStore
+
+from dag_fixtures import params_changed_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,8 @@ def job_counts(output: str) -> dict[str, int]:
     raise AssertionError("no total line in the job stats")
 
 
-def snakemake(workdir: Path, repo_root: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, repo_root: Path, *args: str, configfile: Path | None = None
+              ) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
@@ -121,7 +123,8 @@ def test_edited_split_fractions_rerun_the_split_jobs_only(data_run, tmp_path):
     edited["splits"] = {"fractions": {"train": 0.4, "val": 0.3, "test": 0.3}}
     configfile = tmp_path / "edited.yaml"
     configfile.write_text(yaml.safe_dump(edited))
-    assert params_changes(workdir, repo_root, configfile) == {f"results/splits/{name}.tsv" for name in config["datasets"]}
+    split_tables = {f"results/splits/{name}.tsv" for name in config["datasets"]}
+    assert params_changes(workdir, repo_root, configfile) == split_tables
     dry = snakemake(workdir, repo_root, "-n", *DATA_TARGETS, configfile=configfile)
     assert dry.returncode == 0, dry.stderr[-3000:]
     n = len(config["datasets"])

@@ -102,7 +102,7 @@ def test_the_check_fails_when_a_rule_file_imports_torch(demo, tmp_path):
 
 
 def test_planning_imports_no_torch():
-    code = "import sys, medpipe.planning; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+    code = f"import sys, medpipe.planning; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
