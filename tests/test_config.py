@@ -72,3 +72,13 @@ def test_results_dir_may_hold_spaces_quotes_and_shell_characters(repo_root, valu
     config = demo_config(repo_root)
     config["results_dir"] = value
     assert validate_config(config, source="my.yaml")["results_dir"] == value
+
+
+def test_workflow_schema_is_the_packaged_schema(repo_root):
+    """One schema: the package's file (read through importlib.resources); workflow/schemas links to it."""
+    from importlib import resources
+
+    packaged = resources.files("medpipe").joinpath("schemas/config.schema.yaml")
+    link = repo_root / "workflow/schemas/config.schema.yaml"
+    assert link.is_symlink() and not (repo_root / "src/medpipe/schemas/config.schema.yaml").is_symlink()
+    assert link.read_text() == packaged.read_text()
