@@ -26,7 +26,7 @@ from medpipe import planning
 # -- the config --------------------------------------------------------------------------------
 planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
 
-R = config["results_dir"].rstrip("/")
+R = str(PurePosixPath(config["results_dir"]))  # as medpipe spells paths under it (`results/`, `./results` -> `results`)
 # Jobs read this snapshot of the validated config, so command-line overrides reach them. It is
 # written by `onstart` (only when jobs run: a dry run writes nothing), named by its content.
 CONFIG_SNAPSHOT = planning.config_snapshot_path(config)
