@@ -1,7 +1,10 @@
 # medpipe: the MedicoSAM study as a Snakemake workflow.
 #   snakemake --cores 2                      # the demo study (config/config.yaml)
 #   snakemake --configfile config/study.yaml --profile profiles/slurm-a100   # the paper's study
-from snakemake.utils import min_version, validate
+#
+# The config is validated (and its defaults filled) by medpipe against the schema packaged with it,
+# workflow/schemas/config.schema.yaml (workflow/rules/common.smk), before any rule is defined.
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -13,15 +16,16 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, schema="workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/common.smk"
+
+
+onstart:
+    write_config_snapshot()
 
 
 rule all:
     input:
-        lambda wildcards: TARGETS,
+        all_targets(),
     default_target: True
 
 

@@ -95,3 +95,17 @@ def timed_dry_run(workdir: Path, configfile: Path, *args: str) -> tuple[float, s
     start = time.perf_counter()
     result = snakemake(workdir, configfile, "-n", "--quiet", "rules", *args)
     return time.perf_counter() - start, result
+
+
+def params_changed_outputs(summary: str) -> set[str]:
+    """The outputs that `snakemake --summary` marks `params changed`: their jobs rerun because a
+    config value they use was edited.
+
+    (`--list-params-changes` of Snakemake 9.27 cannot tell this: it lists one output of every job,
+    changed or not, because a ParamsChange iterates its files even when it holds no change.)
+    """
+    rows = [line.split("\t") for line in summary.splitlines()]
+    header = next((row for row in rows if row[0] == "output_file"), None)
+    assert header, f"no --summary table in:\n{summary[-2000:]}"
+    status = header.index("status")
+    return {row[0] for row in rows if len(row) > status and row[status] == "params changed"}

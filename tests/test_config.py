@@ -43,3 +43,42 @@ def test_unreadable_and_non_yaml_files_are_named(tmp_path):
     bad.write_text("datasets: [\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("value", ["", "  ", "/", "//", "/./", "/..", "res{ults}"])
+def test_results_dir_must_be_a_folder_of_its_own(repo_root, value):
+    """Every output, log and config snapshot lands under results_dir: never empty or the root."""
+    config = demo_config(repo_root)
+    config["results_dir"] = value
+    with pytest.raises(ConfigError) as error:
+        validate_config(config, source="my.yaml")
+    message = str(error.value)
+    assert message.startswith("my.yaml: results_dir: ") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("value", ["", "/"])
+def test_schema_alone_rejects_an_empty_or_root_results_dir(value):
+    import jsonschema
+
+    from medpipe.config import schema
+
+    jsonschema.Draft202012Validator(schema()["properties"]["results_dir"]).validate("results")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema()["properties"]["results_dir"]).validate(value)
+
+
+@pytest.mark.parametrize("value", ["results", "out dir/it's", "/abs/results", "./results", "$(touch x)"])
+def test_results_dir_may_hold_spaces_quotes_and_shell_characters(repo_root, value):
+    config = demo_config(repo_root)
+    config["results_dir"] = value
+    assert validate_config(config, source="my.yaml")["results_dir"] == value
+
+
+def test_workflow_schema_is_the_packaged_schema(repo_root):
+    """One schema: the package's file (read through importlib.resources); workflow/schemas links to it."""
+    from importlib import resources
+
+    packaged = resources.files("medpipe").joinpath("schemas/config.schema.yaml")
+    link = repo_root / "workflow/schemas/config.schema.yaml"
+    assert link.is_symlink() and not (repo_root / "src/medpipe/schemas/config.schema.yaml").is_symlink()
+    assert link.read_text() == packaged.read_text()

@@ -1,10 +1,13 @@
 """The interactive stage through Snakemake (slow): embed once, one job per setting, a grid point alone."""
 
+import shutil
+
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import REPO_ROOT
+from dag_fixtures import job_counts, params_changed_outputs
 from test_semantic_workflow import _job_counts, snakemake
 
 pytestmark = pytest.mark.slow
@@ -28,11 +31,11 @@ def interactive_run(tmp_path_factory):
     target = "results/tables/interactive2d_summary.tsv"
     run = snakemake(workdir, repo_root, target)
     assert run.returncode == 0, run.stderr[-4000:]
-    return workdir, target, run.stdout + run.stderr
+    return workdir, target, run.stdout + run.stderr, config
 
 
 def test_one_embedding_job_per_dataset_and_one_job_per_setting(interactive_run):
-    workdir, _, output = interactive_run
+    workdir, _, output, _ = interactive_run
     counts = _job_counts(output)
     assert counts["interactive_embed"] == 2  # 1 model x 2 datasets: the only jobs that run the encoder
     assert counts["interactive2d"] == 2 * 2 * 2  # 2 datasets x start point/box x mask prompts off/on
@@ -58,7 +61,7 @@ def test_one_embedding_job_per_dataset_and_one_job_per_setting(interactive_run):
 
 
 def test_nothing_reruns_and_a_grid_point_runs_alone(interactive_run, repo_root):
-    workdir, target, _ = interactive_run
+    workdir, target, _, _ = interactive_run
     dry = snakemake(workdir, repo_root, "-n", target)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
     point = "results/interactive3d/sam_tiny/demo_mr/start~box/points/iou_threshold~0.8/projection~mask/box_extension~0.0.tsv"
@@ -70,3 +73,25 @@ def test_nothing_reruns_and_a_grid_point_runs_alone(interactive_run, repo_root):
     grid = pd.read_csv(workdir / "results/interactive3d/sam_tiny/demo_mr/start~box/grid.tsv", sep="\t")
     in_grid = grid[(grid["split"] == "val") & (grid["projection"] == "mask") & (grid["iou_threshold"] == 0.8)]
     assert sorted(alone["dice"]) == pytest.approx(sorted(in_grid["dice"]))  # same numbers as within the grid
+
+
+def test_an_edited_config_value_reruns_exactly_the_jobs_that_use_it(interactive_run, repo_root, tmp_path):
+    """interactive.n_iterations is read by the 2D evaluation only: its jobs and the aggregation rerun,
+    not the embeddings, not the 3D jobs, not the data stage."""
+    source, target, _, config = interactive_run
+    workdir = tmp_path / "copy"  # the other tests keep the fixture's results as they are
+    shutil.copytree(source, workdir, symlinks=True)
+    config["interactive"]["n_iterations"] += 1
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = snakemake(workdir, repo_root, "--summary", target)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    tables = {str(p.relative_to(workdir)) for p in (workdir / "results/interactive2d").rglob("*.tsv")}
+    assert len(tables) == 8 and params_changed_outputs(summary.stdout) == tables
+    run = snakemake(workdir, repo_root, target)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts == {"interactive2d": 8, "aggregate_interactive": 1}, counts
+    rows = pd.read_csv(workdir / "results/interactive2d/sam_tiny/demo_xray/start~box/masks~off.tsv", sep="\t")
+    assert rows["iteration"].max() == config["interactive"]["n_iterations"]  # the new value reached the job
+    again = snakemake(workdir, repo_root, "-n", target)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,5 +1,7 @@
 """The data stage through Snakemake, from a temporary working directory."""
 
+import copy
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import pytest
 import yaml
 
 from medpipe.store import DatasetStore
+
+from dag_fixtures import params_changed_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +33,11 @@ def job_counts(output: str) -> dict[str, int]:
     raise AssertionError("no total line in the job stats")
 
 
-def snakemake(workdir: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, repo_root: Path, *args: str, configfile: Path | None = None
+              ) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "snakemake", "-s", str(repo_root / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args,
+        "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
     ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -82,3 +87,45 @@ def test_forcerun_split_reruns_only_splits(data_run):
     result = snakemake(workdir, repo_root, "-n", "--forcerun=split", *DATA_TARGETS)
     assert result.returncode == 0, result.stderr
     assert set(job_counts(result.stdout + result.stderr)) == {"split", "split_corpus"}
+
+
+def params_changes(workdir: Path, repo_root: Path, configfile: Path) -> set[str]:
+    """The outputs whose jobs would rerun because their params changed."""
+    result = snakemake(workdir, repo_root, "--summary", *DATA_TARGETS, configfile=configfile)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return params_changed_outputs(result.stdout)
+
+
+def test_jobs_read_the_config_snapshot_they_were_scheduled_under(data_run):
+    _, workdir, _, _ = data_run
+    snapshots = list((workdir / "results/.medpipe").glob("config-*.yaml"))
+    assert len(snapshots) == 1, snapshots  # written once when the jobs ran, named by its content
+    digest = hashlib.sha256(snapshots[0].read_bytes()).hexdigest()[:12]
+    assert snapshots[0].name == f"config-{digest}.yaml"
+    assert not (workdir / "results/.medpipe/config.yaml").exists()
+
+
+def test_reordered_config_keys_rerun_nothing(data_run, tmp_path):
+    repo_root, workdir, config, _ = data_run
+    reordered = copy.deepcopy(config)
+    reordered["splits"] = {"fractions": dict(reversed(list(config["splits"]["fractions"].items())))}
+    reordered["datasets"] = {name: dict(reversed(list(spec.items()))) for name, spec in config["datasets"].items()}
+    configfile = tmp_path / "reordered.yaml"
+    configfile.write_text(yaml.safe_dump(reordered, sort_keys=False))
+    assert params_changes(workdir, repo_root, configfile) == set()
+    dry = snakemake(workdir, repo_root, "-n", *DATA_TARGETS, configfile=configfile)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+
+
+def test_edited_split_fractions_rerun_the_split_jobs_only(data_run, tmp_path):
+    repo_root, workdir, config, _ = data_run
+    edited = copy.deepcopy(config)
+    edited["splits"] = {"fractions": {"train": 0.4, "val": 0.3, "test": 0.3}}
+    configfile = tmp_path / "edited.yaml"
+    configfile.write_text(yaml.safe_dump(edited))
+    split_tables = {f"results/splits/{name}.tsv" for name in config["datasets"]}
+    assert params_changes(workdir, repo_root, configfile) == split_tables
+    dry = snakemake(workdir, repo_root, "-n", *DATA_TARGETS, configfile=configfile)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    n = len(config["datasets"])
+    assert job_counts(dry.stdout + dry.stderr) == {"split": n, "split_corpus": 1}  # the corpus reads the splits

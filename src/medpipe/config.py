@@ -1,7 +1,8 @@
 """Load and validate a study configuration.
 
-The JSON schema in ``workflow/schemas/config.schema.yaml`` is the single definition of every key and
-its default; the Snakefile and every ``medpipe`` subcommand validate against it, so a bad key is
+The JSON schema ``medpipe/schemas/config.schema.yaml`` (packaged with medpipe; the workflow's
+``workflow/schemas/config.schema.yaml`` links to it) is the single definition of every key and its
+default; the Snakefile and every ``medpipe`` subcommand validate against it, so a bad key is
 reported before any job runs, naming the key.
 """
 
@@ -47,8 +48,21 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _check_results_dir(config: dict, source: str) -> None:
+    """``results_dir`` must name a folder of its own: never empty, never the file system root, and
+    free of ``{``/``}`` (every output path is a Snakemake pattern that starts with it)."""
+    value = config.get("results_dir")
+    if not isinstance(value, str):
+        return  # the schema reports a missing or non-string value
+    if not value.strip() or os.path.normpath(value).strip("/") == "":  # "", "  ", "/", "//", "/./", "/.."
+        raise ConfigError(f"{source}: results_dir: must be a non-empty path other than '/', got {value!r}")
+    if "{" in value or "}" in value:
+        raise ConfigError(f"{source}: results_dir: must not contain '{{' or '}}' (Snakemake patterns), got {value!r}")
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place, fill defaults, normalise class ids to int; return it."""
+    _check_results_dir(config, source)
     for dataset in (config.get("datasets") or {}).values():
         if isinstance(dataset, dict) and isinstance(dataset.get("classes"), dict):
             dataset["classes"] = {str(k): v for k, v in dataset["classes"].items()}
@@ -78,6 +92,11 @@ def load_config(path: str | os.PathLike) -> dict:
     return validate_config(config, source=str(path))
 
 
+def resolved_yaml(config: dict) -> str:
+    """The YAML text of a validated config, as :func:`write_resolved` writes it."""
+    return yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+
+
 def write_resolved(config: dict, path: str | os.PathLike) -> Path:
     """Write a validated config as YAML, atomically and only when its content changed.
 
@@ -85,7 +104,7 @@ def write_resolved(config: dict, path: str | os.PathLike) -> Path:
     the file untouched when nothing changed keeps its mtime stable.
     """
     path = Path(path)
-    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    text = resolved_yaml(config)
     if path.exists() and path.read_text() == text:
         return path
     return write_text(path, text)

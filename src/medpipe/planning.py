@@ -7,9 +7,10 @@ cluster job's start) must stay fast, so nothing here may import torch, nnU-Net o
 
 from __future__ import annotations
 
+import hashlib
 import json
 
-from medpipe.config import datasets_with_role, validate_config, write_resolved
+from medpipe.config import datasets_with_role, resolved_yaml, validate_config, write_resolved
 from medpipe.finetune.settings import resolve_run
 from medpipe.models.names import RANDOM_INIT, checkpoint_label
 from medpipe.models.specs import ModelSpec, model_specs
@@ -18,6 +19,7 @@ __all__ = [
     "RANDOM_INIT",
     "ModelSpec",
     "checkpoint_label",
+    "config_snapshot_path",
     "datasets_with_role",
     "finetune_base_checkpoint",
     "finetune_export_checkpoint",
@@ -53,3 +55,14 @@ def finetune_has_decoder(config: dict, run: str) -> bool:
 def finetune_export_checkpoint(config: dict, run: str) -> str:
     """Which training checkpoint of the run is exported: ``best`` or ``latest``."""
     return resolve_run(config, run).export_checkpoint
+
+
+def config_snapshot_path(config: dict) -> str:
+    """Where the jobs of a run read the validated ``config``: ``<results_dir>/.medpipe/config-<hash>.yaml``.
+
+    The name holds the first 12 hex digits of the SHA-256 of the snapshot's text, so a job always
+    reads the config it was scheduled under, even while another run with an edited config starts.
+    """
+    digest = hashlib.sha256(resolved_yaml(config).encode()).hexdigest()[:12]
+    return f"{config['results_dir'].rstrip('/')}/.medpipe/config-{digest}.yaml"
+

@@ -2,35 +2,31 @@
 # {R}/figures/ (SVG copies carry the report captions in workflow/report/). Figures are drawn only
 # from the summary tables written by the same job, so every plotted number has its table row.
 
-IA_FIGURES = ["fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d",
-              "fig7b_mask_prompts"]
-IA_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_noc", "interactive2d_difference",
-             "interactive3d", "interactive3d_summary"]
-
 
 rule aggregate_interactive:
     input:
-        tables2d=ia_tables_2d(),
-        tables3d=ia_tables_3d(),
+        tables2d=interactive_tables_2d(),
+        tables3d=interactive_tables_3d(),
     output:
-        tables=[f"{R}/tables/{name}.tsv" for name in IA_TABLES],
+        tables=[f"{R}/tables/{name}.tsv" for name in INTERACTIVE_TABLES],
         png=[
             report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Interactive")
-            for name in IA_FIGURES
+            for name in INTERACTIVE_FIGURES
         ],
-        svg=[f"{R}/figures/{name}.svg" for name in IA_FIGURES],
+        svg=[f"{R}/figures/{name}.svg" for name in INTERACTIVE_FIGURES],
+    params:
+        settings=canonical(config["aggregate"]),
+        seed=config["seed"],
+        models=list(EVAL_MODELS),  # in order: the first base model is the default reference (Fig. 3b)
+        tables_dir=lambda wc, output: os.path.dirname(output.tables[0]),
+        figures_dir=lambda wc, output: os.path.dirname(output.png[0]),
+        config=config_snapshot,
     log:
-        f"{R}/logs/aggregate_interactive/aggregate.log",
+        job_log("aggregate_interactive", "aggregate"),
     benchmark:
-        f"{R}/benchmarks/aggregate_interactive/aggregate.tsv"
+        job_benchmark("aggregate_interactive", "aggregate")
     resources:
-        mem_mb=4000,
-        runtime=30,
-        cpus_per_task=1,
+        **job_resources(mem_mb=4000, runtime=30),
     shell:
-        "medpipe aggregate-interactive --config {CONFIG} --tables2d {input.tables2d} --tables3d {input.tables3d} "
-        f"--tables {R}/tables --figures {R}/figures > {{log}} 2>&1"
-
-
-if ia_tables_2d():
-    TARGETS.extend(rules.aggregate_interactive.output)
+        "medpipe aggregate-interactive --config {params.config:q} --tables2d {input.tables2d:q} "
+        "--tables3d {input.tables3d:q} --tables {params.tables_dir:q} --figures {params.figures_dir:q} > {log:q} 2>&1"

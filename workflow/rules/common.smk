@@ -1,48 +1,152 @@
-# Shared helpers of every stage: paths, the resolved config snapshot, dataset selection, targets.
+# Parse-time state of the workflow and every helper its rules use; the rule files hold rules only.
+#
+# The library is imported only through `medpipe.planning`, which never imports torch: every dry run
+# and every cluster job parses this file (tests/test_workflow_parse.py holds that line).
+#
+# Conventions of the rules:
+#   * params: every config value that decides what a job writes, as canonical JSON (`canonical`),
+#     so editing a config value reruns exactly the jobs that use it and reordering keys reruns
+#     nothing. Values that only decide how fast a job runs (gpus, mem_mb, runtime, cpus_per_task,
+#     interactive.threads, interactive.max_objects_per_call) are resources or not tracked.
+#   * shell: every path and config-derived value is shell-quoted (`{input:q}`, `{params.x:q}`; list
+#     values are quoted item by item), so any results_dir or checkpoint path works.
+#   * the jobs read the validated config from a snapshot (`config_snapshot`), a derived params value
+#     that Snakemake does not track (its name changes with every config edit).
 import glob
+import itertools
 import json
 import os
+import re
 import sys
+from dataclasses import asdict
+from pathlib import PurePosixPath
 
-from medpipe.config import datasets_with_role, validate_config, write_resolved
+from medpipe import planning
 
-validate_config(config, source="snakemake config")
+# -- the config --------------------------------------------------------------------------------
+planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
+
+R = str(PurePosixPath(config["results_dir"]))  # as medpipe spells paths under it (`results/`, `./results` -> `results`)
+# Jobs read this snapshot of the validated config, so command-line overrides reach them. It is
+# written by `onstart` (only when jobs run: a dry run writes nothing), named by its content.
+CONFIG_SNAPSHOT = planning.config_snapshot_path(config)
+SYNTH_ROOT = "raw/demo"
+NEVER = "(?!x)x"  # a wildcard constraint that matches nothing (for an empty list of names)
+
+DATASETS = list(config["datasets"])
+FINETUNE_DATASETS = planning.datasets_with_role(config, "finetune")
+INTERACTIVE_2D = planning.datasets_with_role(config, "interactive2d")
+INTERACTIVE_3D = planning.datasets_with_role(config, "interactive3d")
+SEMANTIC_2D = planning.datasets_with_role(config, "semantic2d")
+SEMANTIC_3D = planning.datasets_with_role(config, "semantic3d")
+
+FINETUNE_RUNS = list(config["finetune"]["runs"])
+DECODER_RUNS = [run for run in FINETUNE_RUNS if planning.finetune_has_decoder(config, run)]  # e_sem: + decoder file
+PLAIN_RUNS = [run for run in FINETUNE_RUNS if run not in DECODER_RUNS]
+
+INTERACTIVE = config["interactive"]
+SAM2_MODELS = INTERACTIVE["sam2"]
+EVAL_MODELS = planning.model_specs(config)  # base models, then every finetune run (its export)
+INTERACTIVE_FIGURES = ["fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d",
+                       "fig7b_mask_prompts"]
+INTERACTIVE_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_noc", "interactive2d_difference",
+                      "interactive3d", "interactive3d_summary"]
+
+SEMANTIC = config["semantic"]
+BACKBONES = SEMANTIC["backbones"] if SEMANTIC["backbones"] is not None else list(config["models"]) + FINETUNE_RUNS
+for _name in BACKBONES:
+    if _name not in config["models"] and _name not in FINETUNE_RUNS:
+        raise ValueError(f"semantic.backbones: {_name!r} is neither a key of `models` nor of `finetune.runs`")
+SEMANTIC_TABLES = ["results", "class_summary", "seed_stats", "paired_tests"]
+SEMANTIC_FIGURES = {  # output name of semantic_aggregate -> file name
+    "fig1d": "fig1d_semantic2d",
+    "fig1e": "fig1e_semantic3d",
+    "fig8": "fig8_semantic",
+    "seeds": "fig6_semantic_seeds",
+}
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly ``names`` (nothing for an empty list)."""
+    return "|".join(map(re.escape, names)) or NEVER
+
 
 # Jobs call the `medpipe` command of the Python that runs Snakemake, even in an unactivated venv.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
-R = config["results_dir"]
-# Every job reads the validated config from this snapshot, so command-line overrides reach it;
-# it is rewritten only when the config changes.
-CONFIG = str(write_resolved(config, f"{R}/.medpipe/config.yaml"))
-DATASETS = list(config["datasets"])
-SYNTH_ROOT = "raw/demo"
-# Outputs of every stage that `rule all` builds; each stage file adds its own.
-TARGETS = []
+
+envvars:
+    "PATH",
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset=one_of(DATASETS),
+    model=one_of(EVAL_MODELS),
 
 
-def dataset_spec(name):
-    """The dataset's config entry as JSON: a params value, so editing it reruns its jobs."""
-    return json.dumps(config["datasets"][name], sort_keys=True, default=str)
+# -- every rule --------------------------------------------------------------------------------
+def canonical(value):
+    """A config value as canonical JSON (sorted keys): a params value that changes only with the value."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
-def synth_dir(name):
-    return f"{SYNTH_ROOT}/{name}"
+def config_snapshot(wildcards, input):
+    """The config snapshot a job reads (``--config``).
+
+    A *derived* params value (the function takes ``input``), which Snakemake leaves out of its
+    params-change check: its name changes with every config edit, while each rule's other params
+    hold exactly the config values its jobs use.
+    """
+    return CONFIG_SNAPSHOT
+
+
+def write_config_snapshot():
+    """Write the snapshot the jobs read (`onstart`: the main Snakemake process, before any job)."""
+    planning.write_resolved(config, CONFIG_SNAPSHOT)
+
+
+def job_log(rule_name, name):
+    return f"{R}/logs/{rule_name}/{name}.log"
+
+
+def job_benchmark(rule_name, name):
+    return f"{R}/benchmarks/{rule_name}/{name}.tsv"
+
+
+def job_resources(section=None, *, mem_mb=1000, runtime=10, cpus_per_task=1):
+    """A rule's resources: those of a config section (finetune, interactive, semantic: its `gpus`,
+    `mem_mb`, `runtime`, `cpus_per_task`), or the given fixed sizes (profiles may override both per rule)."""
+    if section is None:
+        return dict(mem_mb=mem_mb, runtime=runtime, cpus_per_task=cpus_per_task)
+    values = config[section]
+    resources = dict(gpu=int(values.get("gpus", 0)), mem_mb=values["mem_mb"], runtime=values["runtime"],
+                     cpus_per_task=values["cpus_per_task"])
+    if "threads" in values:  # torch CPU threads of the job (0 = torch's default)
+        resources["torch_threads"] = values["threads"]
+    return resources
+
+
+def device(wildcards, resources):
+    """``cuda`` for a job that was given GPUs (its `gpu` resource), else ``cpu``."""
+    return "cuda" if int(resources.gpu) > 0 else "cpu"
+
+
+# -- data --------------------------------------------------------------------------------------
+def store(name):
+    return f"{R}/data/{name}.zarr"
+
+
+def split_table(name):
+    return f"{R}/splits/{name}.tsv"
 
 
 def glob_root(pattern):
     """The folder part of a glob before its first wildcard (`/data/x/*/img*.nii` -> `/data/x`)."""
-    parts = []
-    for part in pattern.split("/"):
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    root = "/".join(parts[:-1] if len(parts) == len(pattern.split("/")) else parts)
-    return root or "."
+    parts = PurePosixPath(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    if len(fixed) == len(parts):  # no wildcard: the file's folder
+        fixed = fixed[:-1]
+    return str(PurePosixPath(*fixed)) if fixed else "."
 
 
 def ingest_inputs(wildcards):
@@ -53,25 +157,202 @@ def ingest_inputs(wildcards):
     """
     spec = config["datasets"][wildcards.dataset]
     if "synth" in spec:
-        return [synth_dir(wildcards.dataset)]
+        return [f"{SYNTH_ROOT}/{wildcards.dataset}"]
     return sorted({glob_root(spec["images"]), glob_root(spec["labels"])})
 
 
-def stores(names):
-    return [f"{R}/data/{name}.zarr" for name in names]
-
-
-def split_tables(names):
-    return [f"{R}/splits/{name}.tsv" for name in names]
-
-
-def gpu_count(section):
-    """GPUs a stage's jobs request (0 on the demo, so they run on CPU)."""
-    return int(config.get(section, {}).get("gpus", 0))
+def synth_size_args(wildcards):
+    size = config["datasets"][wildcards.dataset]["synth"].get("size") or []
+    return ["--size", *map(str, size)] if size else []
 
 
 def previous_split_args(name):
     """`--previous FILE` when the user froze split tables in `splits.previous_dir`."""
     folder = config["splits"]["previous_dir"]
     path = os.path.join(folder, f"{name}.tsv") if folder else None
-    return f"--previous {path}" if path and os.path.exists(path) else ""
+    return ["--previous", path] if path and os.path.exists(path) else []
+
+
+def data_targets():
+    return [split_table(name) for name in DATASETS] + ([split_table("corpus")] if FINETUNE_DATASETS else [])
+
+
+# -- finetune ----------------------------------------------------------------------------------
+def finetune_base_checkpoint(wildcards):
+    """The base checkpoint file (an input, so a missing file is reported before the job runs)."""
+    base = planning.finetune_base_checkpoint(config, wildcards.run)
+    return [base] if base else []
+
+
+def finetune_launcher(wildcards, resources):
+    """`torchrun` with one process per GPU for multi-GPU jobs; a plain process otherwise (argv words)."""
+    gpus = int(resources.gpu)
+    if gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "medpipe"]
+    return ["medpipe"]
+
+
+def finetune_export_source(wildcards):
+    """The training checkpoint a run exports (`export_checkpoint`: best or latest)."""
+    which = planning.finetune_export_checkpoint(config, wildcards.run)
+    return f"{R}/finetune/{wildcards.run}/{which}.pt"
+
+
+def exported_model(run):
+    return f"{R}/models/{run}.pth"
+
+
+def finetune_targets():
+    if not FINETUNE_RUNS:
+        return []
+    return [exported_model(run) for run in FINETUNE_RUNS] + [f"{R}/tables/compatibility.tsv"]
+
+
+# -- interactive evaluation --------------------------------------------------------------------
+GRID_POINT = "iou_threshold~{iou_threshold}/projection~{projection}/box_extension~{box_extension}"
+
+
+def interactive_settings(*keys):
+    """The keys of the `interactive` section a job uses, as canonical JSON."""
+    return canonical({key: INTERACTIVE[key] for key in keys})
+
+
+def eval_model(wildcards):
+    """The evaluated model (type, checkpoint) as canonical JSON."""
+    return canonical(asdict(EVAL_MODELS[wildcards.model]))
+
+
+def eval_model_checkpoint(wildcards):
+    """The model's weights file (a finetune export is built by the finetune stage), or none for random init."""
+    weights = EVAL_MODELS[wildcards.model].checkpoint
+    return [weights] if weights else []
+
+
+def embedding_cache(wildcards):
+    return f"{R}/embeddings/{wildcards.model}/{wildcards.dataset}.zarr"
+
+
+def dataset_roles(wildcards):
+    return canonical(sorted(config["datasets"][wildcards.dataset].get("roles", [])))
+
+
+def sam2_checkpoint(wildcards):
+    weights = SAM2_MODELS[wildcards.sam2].get("checkpoint")
+    return [weights] if weights else []
+
+
+def interactive_tables_2d():
+    return [
+        f"{R}/interactive2d/{model}/{dataset}/start~{start}/masks~{masks}.tsv"
+        for model in EVAL_MODELS
+        for dataset in INTERACTIVE_2D
+        for start in INTERACTIVE["starts"]
+        for masks in INTERACTIVE["masks"]
+    ]
+
+
+def interactive_tables_3d():
+    return [
+        f"{R}/interactive3d/{model}/{dataset}/start~{start}/{table}.tsv"
+        for model in EVAL_MODELS
+        for dataset in INTERACTIVE_3D
+        for start in INTERACTIVE["starts3d"]
+        for table in ("test", "oracle")
+    ]
+
+
+def sam2_tables():
+    return [f"{R}/interactive3d_sam2/{model}/{dataset}.tsv" for model in SAM2_MODELS for dataset in INTERACTIVE_3D]
+
+
+def interactive_aggregate_outputs():
+    """The tables and figures of `aggregate_interactive` (run when there is a 2D evaluation)."""
+    return ([f"{R}/tables/{name}.tsv" for name in INTERACTIVE_TABLES]
+            + [f"{R}/figures/{name}.{ext}" for name in INTERACTIVE_FIGURES for ext in ("png", "svg")])
+
+
+def interactive_targets():
+    aggregated = interactive_aggregate_outputs() if interactive_tables_2d() else []
+    return interactive_tables_2d() + interactive_tables_3d() + sam2_tables() + aggregated
+
+
+# -- semantic segmentation ---------------------------------------------------------------------
+def backbone_type(name):
+    return config["models"][name]["type"] if name in config["models"] else planning.finetune_model_type(config, name)
+
+
+def backbone_weights(name):
+    """The backbone's SAM state dict: a base checkpoint (or none = random init) or a finetune export."""
+    if name in config["models"]:
+        return config["models"][name].get("checkpoint")
+    return exported_model(name)
+
+
+def backbone_decoder(name):
+    return f"{R}/models/{name}.decoder.pth"
+
+
+def semantic_variants(method):
+    """(backbone, decoder init) pairs a method runs with."""
+    if method == "sam_unetr":
+        return [(backbone, init) for backbone in BACKBONES for init in SEMANTIC["sam_unetr"]["decoder_inits"]
+                if init == "random" or backbone in DECODER_RUNS]
+    if method == "ma_sam":
+        return [(backbone, "random") for backbone in BACKBONES]
+    return [("none", "none")]
+
+
+def semantic_datasets(method):
+    return {"sam_unetr": SEMANTIC_2D, "ma_sam": SEMANTIC_3D}.get(method, SEMANTIC_2D + SEMANTIC_3D)
+
+
+def semantic_run_tables():
+    return [
+        f"{R}/tables/semantic/runs/{method}/{dataset}/{backbone}.{init}/seed{seed}.tsv"
+        for method in SEMANTIC["methods"]
+        for dataset in semantic_datasets(method)
+        for backbone, init in semantic_variants(method)
+        for seed in SEMANTIC["seeds"]
+    ]
+
+
+def semantic_model_inputs(wildcards):
+    """Weights the job reads (inputs, so a missing export is built or reported before the job runs)."""
+    if wildcards.backbone == "none":
+        return []
+    weights = backbone_weights(wildcards.backbone)
+    files = [weights] if weights else []
+    if wildcards.init == "pretrained":
+        files.append(backbone_decoder(wildcards.backbone))
+    return files
+
+
+def semantic_model_args(wildcards):
+    """`--model-type T [--checkpoint F] [--decoder-file F]` of a SAM-based method (argv words)."""
+    if wildcards.backbone == "none":
+        return []
+    args = ["--model-type", backbone_type(wildcards.backbone)]
+    weights = backbone_weights(wildcards.backbone)
+    if weights:
+        args += ["--checkpoint", weights]
+    if wildcards.init == "pretrained":
+        args += ["--decoder-file", backbone_decoder(wildcards.backbone)]
+    return args
+
+
+def semantic_figure(key):
+    return f"{R}/figures/semantic/{SEMANTIC_FIGURES[key]}.png"
+
+
+def semantic_aggregate_outputs():
+    return ([f"{R}/tables/semantic/{name}.tsv" for name in SEMANTIC_TABLES]
+            + [semantic_figure(key) for key in SEMANTIC_FIGURES])
+
+
+def semantic_targets():
+    return semantic_aggregate_outputs() if semantic_run_tables() else []
+
+
+# -- rule all ----------------------------------------------------------------------------------
+def all_targets():
+    return data_targets() + finetune_targets() + interactive_targets() + semantic_targets()

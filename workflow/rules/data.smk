@@ -8,88 +8,80 @@ rule synth:
         kind=lambda wc: config["datasets"][wc.dataset]["synth"]["kind"],
         patients=lambda wc: config["datasets"][wc.dataset]["synth"]["patients"],
         images=lambda wc: config["datasets"][wc.dataset]["synth"]["images_per_patient"],
-        size=lambda wc: " ".join(map(str, config["datasets"][wc.dataset]["synth"].get("size", []))),
+        size=synth_size_args,
         seed=config["seed"],
     log:
-        f"{R}/logs/synth/{{dataset}}.log",
+        job_log("synth", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/synth/{{dataset}}.tsv"
+        job_benchmark("synth", "{dataset}")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        cpus_per_task=1,
+        **job_resources(mem_mb=2000, runtime=10),
     shell:
-        "medpipe synth --kind {params.kind} --out {output} --seed {params.seed} "
-        "--patients {params.patients} --images-per-patient {params.images} "
-        "$(test -n '{params.size}' && echo --size {params.size}) > {log} 2>&1"
+        "medpipe synth --kind {params.kind:q} --out {output:q} --seed {params.seed:q} "
+        "--patients {params.patients:q} --images-per-patient {params.images:q} {params.size:q} > {log:q} 2>&1"
 
 
 rule ingest:
     input:
         ingest_inputs,
     output:
-        store=directory(f"{R}/data/{{dataset}}.zarr"),
+        store=directory(store("{dataset}")),
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
-        spec=lambda wc: dataset_spec(wc.dataset),
+        spec=lambda wc: canonical(config["datasets"][wc.dataset]),
+        ingest=canonical(config["ingest"]),
+        config=config_snapshot,
     log:
-        f"{R}/logs/ingest/{{dataset}}.log",
+        job_log("ingest", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/ingest/{{dataset}}.tsv"
+        job_benchmark("ingest", "{dataset}")
     resources:
-        mem_mb=4000,
-        runtime=120,
-        cpus_per_task=2,
+        **job_resources(mem_mb=4000, runtime=120, cpus_per_task=2),
     shell:
-        "medpipe ingest --config {CONFIG} --dataset {wildcards.dataset} "
-        "--out {output.store} --quarantine {output.quarantine} > {log} 2>&1"
+        "medpipe ingest --config {params.config:q} --dataset {wildcards.dataset:q} "
+        "--out {output.store:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"
 
 
 rule split:
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
+        store=store("{dataset}"),
     output:
-        f"{R}/splits/{{dataset}}.tsv",
+        split_table("{dataset}"),
     params:
-        fractions=config["splits"]["fractions"],
+        fractions=canonical(config["splits"]["fractions"]),
+        seed=config["seed"],
         previous=lambda wc: previous_split_args(wc.dataset),
         ledger=f"{R}/splits/ledger/{{dataset}}.tsv",
+        config=config_snapshot,
     log:
-        f"{R}/logs/split/{{dataset}}.log",
+        job_log("split", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/split/{{dataset}}.tsv"
+        job_benchmark("split", "{dataset}")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        cpus_per_task=1,
+        **job_resources(mem_mb=1000, runtime=10),
     shell:
-        "medpipe split {input.store} --config {CONFIG} --out {output} --ledger {params.ledger} "
-        "{params.previous} > {log} 2>&1"
+        "medpipe split {input.store:q} --config {params.config:q} --out {output:q} --ledger {params.ledger:q} "
+        "{params.previous:q} > {log:q} 2>&1"
 
 
 rule split_corpus:
     input:
-        stores=stores(datasets_with_role(config, "finetune")),
-        dataset_splits=split_tables(datasets_with_role(config, "finetune")),
+        stores=[store(name) for name in FINETUNE_DATASETS],
+        dataset_splits=[split_table(name) for name in FINETUNE_DATASETS],
     output:
-        f"{R}/splits/corpus.tsv",
+        split_table("corpus"),
     params:
-        corpus=config["corpus"],
+        corpus=canonical(config["corpus"]),
+        seed=config["seed"],
         previous=lambda wc: previous_split_args("corpus"),
         ledger=f"{R}/splits/ledger/corpus.tsv",
+        config=config_snapshot,
     log:
-        f"{R}/logs/split_corpus/corpus.log",
+        job_log("split_corpus", "corpus"),
     benchmark:
-        f"{R}/benchmarks/split_corpus/corpus.tsv"
+        job_benchmark("split_corpus", "corpus")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        cpus_per_task=1,
+        **job_resources(mem_mb=1000, runtime=10),
     shell:
-        "medpipe split-corpus {input.stores} --dataset-splits {input.dataset_splits} --config {CONFIG} "
-        "--out {output} --ledger {params.ledger} {params.previous} > {log} 2>&1"
-
-
-TARGETS += split_tables(DATASETS)
-if datasets_with_role(config, "finetune"):
-    TARGETS.append(f"{R}/splits/corpus.tsv")
+        "medpipe split-corpus {input.stores:q} --dataset-splits {input.dataset_splits:q} --config {params.config:q} "
+        "--out {output:q} --ledger {params.ledger:q} {params.previous:q} > {log:q} 2>&1"

@@ -8,147 +8,80 @@
 # Checkpoints are not declared outputs, so Snakemake never deletes them after a failed or killed
 # job: rerunning the rule resumes from latest.pt.
 
-# ---- input functions of the finetune stage (the lead may move them to common.smk) -------------
-import json as _ft_json
-
-from medpipe.finetune.settings import resolve_run as _ft_resolve_run
-from medpipe.models.names import checkpoint_label as _ft_checkpoint_label
-
-FINETUNE_RUNS = list(config["finetune"]["runs"])
-FINETUNE_ESEM_RUNS = [run for run in FINETUNE_RUNS if _ft_resolve_run(config, run)["e_sem"]]
-FINETUNE_PLAIN_RUNS = [run for run in FINETUNE_RUNS if run not in FINETUNE_ESEM_RUNS]
-NEVER = "(?!x)x"  # a wildcard pattern that matches nothing (for an empty run list)
-
-
-def finetune_settings(run):
-    """The run's resolved knobs as JSON: a params value, so changing a knob reruns the job."""
-    return _ft_json.dumps(dict(_ft_resolve_run(config, run)), sort_keys=True, default=str)
-
-
-def finetune_base_checkpoint(wildcards):
-    """The base checkpoint file (an input, so a missing file is reported before the job runs)."""
-    base = _ft_resolve_run(config, wildcards.run)["checkpoint"]
-    return [base] if base else []
-
-
-def finetune_launcher(gpus):
-    """`torchrun` with one process per GPU for multi-GPU jobs; a plain process otherwise."""
-    gpus = int(gpus)
-    return f"torchrun --standalone --nproc_per_node={gpus} -m medpipe" if gpus > 1 else "medpipe"
-
-
-def finetune_export_source(run):
-    which = _ft_resolve_run(config, run)["export_checkpoint"]
-    return f"{R}/finetune/{run}/{which}.pt"
-
-
-def run_model_type(run):
-    """Model type of a finetune run = the type of its base model (for `medpipe.sam.build_sam`)."""
-    return _ft_resolve_run(config, run)["model_type"]
-
-
-def run_base_label(run):
-    return _ft_checkpoint_label(_ft_resolve_run(config, run)["checkpoint"])
-
-
-def exported_models():
-    return [f"{R}/models/{run}.pth" for run in FINETUNE_RUNS]
-
-
-# ------------------------------------------------------------------------------------------------
-
 
 rule finetune:
     input:
-        corpus=f"{R}/splits/corpus.tsv",
-        stores=stores(datasets_with_role(config, "finetune")),
+        corpus=split_table("corpus"),
+        stores=[store(name) for name in FINETUNE_DATASETS],
         base=finetune_base_checkpoint,
     output:
         f"{R}/finetune/{{run}}/training.json",
     params:
-        settings=lambda wc: finetune_settings(wc.run),
-        out_dir=lambda wc: f"{R}/finetune/{wc.run}",
-        launcher=lambda wc, resources: finetune_launcher(resources.gpu),
+        settings=lambda wc: planning.finetune_settings_json(config, wc.run),
+        seed=config["seed"],
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
+        launcher=finetune_launcher,
+        config=config_snapshot,
     log:
-        f"{R}/logs/finetune/{{run}}.log",
+        job_log("finetune", "{run}"),
     benchmark:
-        f"{R}/benchmarks/finetune/{{run}}.tsv"
+        job_benchmark("finetune", "{run}")
     resources:
-        gpu=gpu_count("finetune"),
-        mem_mb=config["finetune"]["mem_mb"],
-        runtime=config["finetune"]["runtime"],
-        cpus_per_task=config["finetune"]["cpus_per_task"],
+        **job_resources("finetune"),
     shell:
-        "{params.launcher} finetune {wildcards.run} --config {CONFIG} --corpus {input.corpus} "
-        "--stores {input.stores} --out-dir {params.out_dir} > {log} 2>&1"
-
-
-rule export_model_with_decoder:
-    input:
-        f"{R}/finetune/{{run}}/training.json",
-    output:
-        model=f"{R}/models/{{run}}.pth",
-        decoder=f"{R}/models/{{run}}.decoder.pth",
-        sha=f"{R}/models/{{run}}.sha256",
-    wildcard_constraints:
-        run="|".join(FINETUNE_ESEM_RUNS) or NEVER,
-    params:
-        source=lambda wc: finetune_export_source(wc.run),
-    log:
-        f"{R}/logs/export_model/{{run}}.log",
-    benchmark:
-        f"{R}/benchmarks/export_model/{{run}}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=10,
-        cpus_per_task=1,
-    shell:
-        "medpipe export {params.source} {output.model} > {log} 2>&1"
+        "{params.launcher:q} finetune {wildcards.run:q} --config {params.config:q} --corpus {input.corpus:q} "
+        "--stores {input.stores:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule export_model:
+    # runs without the joint semantic decoder; export_model_with_decoder below for those with it
     input:
         f"{R}/finetune/{{run}}/training.json",
     output:
-        model=f"{R}/models/{{run}}.pth",
+        model=exported_model("{run}"),
         sha=f"{R}/models/{{run}}.sha256",
     wildcard_constraints:
-        run="|".join(FINETUNE_PLAIN_RUNS) or NEVER,
+        run=one_of(PLAIN_RUNS),
     params:
-        source=lambda wc: finetune_export_source(wc.run),
+        source=finetune_export_source,
     log:
-        f"{R}/logs/export_model/{{run}}.log",
+        job_log("export_model", "{run}"),
     benchmark:
-        f"{R}/benchmarks/export_model/{{run}}.tsv"
+        job_benchmark("export_model", "{run}")
     resources:
-        mem_mb=4000,
-        runtime=10,
-        cpus_per_task=1,
+        **job_resources(mem_mb=4000, runtime=10),
     shell:
-        "medpipe export {params.source} {output.model} > {log} 2>&1"
+        "medpipe export {params.source:q} {output.model:q} > {log:q} 2>&1"
+
+
+use rule export_model as export_model_with_decoder with:
+    output:
+        model=exported_model("{run}"),
+        decoder=backbone_decoder("{run}"),
+        sha=f"{R}/models/{{run}}.sha256",
+    wildcard_constraints:
+        run=one_of(DECODER_RUNS),
 
 
 rule check_compat:
     input:
-        f"{R}/models/{{run}}.pth",
+        exported_model("{run}"),
     output:
         f"{R}/models/{{run}}.compat.json",
     wildcard_constraints:
-        run="|".join(FINETUNE_RUNS) or NEVER,
+        run=one_of(FINETUNE_RUNS),
     params:
-        model_type=lambda wc: run_model_type(wc.run),
-        base=lambda wc: run_base_label(wc.run),
+        model_type=lambda wc: planning.finetune_model_type(config, wc.run),
+        base=lambda wc: planning.checkpoint_label(planning.finetune_base_checkpoint(config, wc.run)),
     log:
-        f"{R}/logs/check_compat/{{run}}.log",
+        job_log("check_compat", "{run}"),
     benchmark:
-        f"{R}/benchmarks/check_compat/{{run}}.tsv"
+        job_benchmark("check_compat", "{run}")
     resources:
-        mem_mb=8000,
-        runtime=20,
-        cpus_per_task=1,
+        **job_resources(mem_mb=8000, runtime=20),
     shell:
-        "medpipe check-compat {input} --model-type {params.model_type} --name {wildcards.run} "
-        "--base '{params.base}' --out {output} > {log} 2>&1"
+        "medpipe check-compat {input:q} --model-type {params.model_type:q} --name {wildcards.run:q} "
+        "--base {params.base:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule compat_table:
@@ -157,17 +90,10 @@ rule compat_table:
     output:
         f"{R}/tables/compatibility.tsv",
     log:
-        f"{R}/logs/compat_table/compatibility.log",
+        job_log("compat_table", "compatibility"),
     benchmark:
-        f"{R}/benchmarks/compat_table/compatibility.tsv"
+        job_benchmark("compat_table", "compatibility")
     resources:
-        mem_mb=1000,
-        runtime=5,
-        cpus_per_task=1,
+        **job_resources(mem_mb=1000, runtime=5),
     shell:
-        "medpipe compat-table {input} --out {output} > {log} 2>&1"
-
-
-if FINETUNE_RUNS:
-    TARGETS.extend(exported_models())
-    TARGETS.append(f"{R}/tables/compatibility.tsv")
+        "medpipe compat-table {input:q} --out {output:q} > {log:q} 2>&1"

@@ -14,218 +14,162 @@
 #
 # Only the embed job runs the image encoder; the evaluation jobs read its cache.
 
-# ---- input functions of the interactive stage (the lead may move them to common.smk) ----------
-import pandas as _ia_pd
-from snakemake.utils import Paramspace as _IaParamspace
-
-from medpipe.models.specs import model_specs as _ia_model_specs
-
-IA_MODELS = _ia_model_specs(config)
-IA_DATASETS_2D = datasets_with_role(config, "interactive2d")
-IA_DATASETS_3D = datasets_with_role(config, "interactive3d")
-IA_SECTION = config["interactive"]
-IA_GRID = _IaParamspace(
-    _ia_pd.DataFrame(
-        [
-            {"iou_threshold": t, "projection": p, "box_extension": e}
-            for t in IA_SECTION["grid3d"]["iou_thresholds"]
-            for p in IA_SECTION["grid3d"]["projections"]
-            for e in IA_SECTION["grid3d"]["box_extensions"]
-        ]
-    )
-)
-
-
-def ia_model_checkpoint(wildcards):
-    """The model's weights file (a finetune export is built by the finetune stage), or none for random init."""
-    weights = IA_MODELS[wildcards.model].checkpoint
-    return [weights] if weights else []
-
-
-def ia_cache(wildcards):
-    return f"{R}/embeddings/{wildcards.model}/{wildcards.dataset}.zarr"
-
-
-def ia_tables_2d():
-    return [
-        f"{R}/interactive2d/{m}/{d}/start~{s}/masks~{k}.tsv"
-        for m in IA_MODELS
-        for d in IA_DATASETS_2D
-        for s in IA_SECTION["starts"]
-        for k in IA_SECTION["masks"]
-    ]
-
-
-def ia_tables_3d():
-    return [
-        f"{R}/interactive3d/{m}/{d}/start~{s}/{t}.tsv"
-        for m in IA_MODELS
-        for d in IA_DATASETS_3D
-        for s in IA_SECTION["starts3d"]
-        for t in ("test", "oracle")
-    ]
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-wildcard_constraints:
-    model="|".join(IA_MODELS),
-
 
 rule interactive_embed:
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
-        splits=f"{R}/splits/{{dataset}}.tsv",
-        model=ia_model_checkpoint,
+        store=store("{dataset}"),
+        splits=split_table("{dataset}"),
+        model=eval_model_checkpoint,
     output:
         directory(f"{R}/embeddings/{{model}}/{{dataset}}.zarr"),
     wildcard_constraints:
-        dataset="|".join(IA_DATASETS_2D + IA_DATASETS_3D) or "(?!x)x",
+        dataset=one_of(INTERACTIVE_2D + INTERACTIVE_3D),
     params:
-        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+        model=eval_model,
+        seed=config["seed"],
+        roles=dataset_roles,
+        settings=interactive_settings("split2d", "min_object_px"),
+        device=device,
+        config=config_snapshot,
     log:
-        f"{R}/logs/interactive_embed/{{model}}/{{dataset}}.log",
+        job_log("interactive_embed", "{model}/{dataset}"),
     benchmark:
-        f"{R}/benchmarks/interactive_embed/{{model}}/{{dataset}}.tsv"
+        job_benchmark("interactive_embed", "{model}/{dataset}")
     resources:
-        gpu=gpu_count("interactive"),
-        mem_mb=IA_SECTION["mem_mb"],
-        runtime=IA_SECTION["runtime"],
-        cpus_per_task=IA_SECTION["cpus_per_task"],
+        **job_resources("interactive"),
     shell:
-        "medpipe embed --config {CONFIG} --model {wildcards.model} --dataset {wildcards.dataset} "
-        "--store {input.store} --splits {input.splits} --cache {output} --device {params.device} "
-        f"--threads {IA_SECTION['threads']} > {{log}} 2>&1"
+        "medpipe embed --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q} "
+        "--store {input.store:q} --splits {input.splits:q} --cache {output:q} --device {params.device:q} "
+        "--threads {resources.torch_threads:q} > {log:q} 2>&1"
 
 
 rule interactive2d:
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
-        splits=f"{R}/splits/{{dataset}}.tsv",
-        cache=ia_cache,
-        model=ia_model_checkpoint,
+        store=store("{dataset}"),
+        splits=split_table("{dataset}"),
+        cache=embedding_cache,
+        model=eval_model_checkpoint,
     output:
         f"{R}/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.tsv",
     wildcard_constraints:
-        dataset="|".join(IA_DATASETS_2D) or "(?!x)x",
-        start="|".join(IA_SECTION["starts"]),
-        masks="|".join(IA_SECTION["masks"]),
+        dataset=one_of(INTERACTIVE_2D),
+        start=one_of(INTERACTIVE["starts"]),
+        masks=one_of(INTERACTIVE["masks"]),
     params:
-        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+        model=eval_model,
+        seed=config["seed"],
+        settings=interactive_settings("split2d", "seeds", "n_iterations", "min_object_px"),
+        device=device,
+        config=config_snapshot,
     log:
-        f"{R}/logs/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.log",
+        job_log("interactive2d", "{model}/{dataset}/start~{start}/masks~{masks}"),
     benchmark:
-        f"{R}/benchmarks/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.tsv"
+        job_benchmark("interactive2d", "{model}/{dataset}/start~{start}/masks~{masks}")
     resources:
-        gpu=gpu_count("interactive"),
-        mem_mb=IA_SECTION["mem_mb"],
-        runtime=IA_SECTION["runtime"],
-        cpus_per_task=IA_SECTION["cpus_per_task"],
+        **job_resources("interactive"),
     shell:
-        "medpipe eval2d --config {CONFIG} --model {wildcards.model} --dataset {wildcards.dataset} "
-        "--store {input.store} --splits {input.splits} --cache {input.cache} --device {params.device} "
-        "--start {wildcards.start} --masks {wildcards.masks} "
-        f"--threads {IA_SECTION['threads']} --out {{output}} > {{log}} 2>&1"
+        "medpipe eval2d --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q} "
+        "--store {input.store:q} --splits {input.splits:q} --cache {input.cache:q} --device {params.device:q} "
+        "--start {wildcards.start:q} --masks {wildcards.masks:q} "
+        "--threads {resources.torch_threads:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule interactive3d:
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
-        splits=f"{R}/splits/{{dataset}}.tsv",
-        cache=ia_cache,
-        model=ia_model_checkpoint,
+        store=store("{dataset}"),
+        splits=split_table("{dataset}"),
+        cache=embedding_cache,
+        model=eval_model_checkpoint,
     output:
         grid=f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/grid.tsv",
         selected=f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/selected.tsv",
         test=f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/test.tsv",
         oracle=f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/oracle.tsv",
     wildcard_constraints:
-        dataset="|".join(IA_DATASETS_3D) or "(?!x)x",
-        start="|".join(IA_SECTION["starts3d"]),
+        dataset=one_of(INTERACTIVE_3D),
+        start=one_of(INTERACTIVE["starts3d"]),
     params:
-        out_dir=lambda wc: f"{R}/interactive3d/{wc.model}/{wc.dataset}/start~{wc.start}",
-        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+        model=eval_model,
+        seed=config["seed"],
+        settings=interactive_settings("seeds", "min_object_px", "grid3d"),
+        out_dir=lambda wc, output: os.path.dirname(output.grid),
+        device=device,
+        config=config_snapshot,
     log:
-        f"{R}/logs/interactive3d/{{model}}/{{dataset}}/start~{{start}}.log",
+        job_log("interactive3d", "{model}/{dataset}/start~{start}"),
     benchmark:
-        f"{R}/benchmarks/interactive3d/{{model}}/{{dataset}}/start~{{start}}.tsv"
+        job_benchmark("interactive3d", "{model}/{dataset}/start~{start}")
     resources:
-        gpu=gpu_count("interactive"),
-        mem_mb=IA_SECTION["mem_mb"],
-        runtime=IA_SECTION["runtime"],
-        cpus_per_task=IA_SECTION["cpus_per_task"],
+        **job_resources("interactive"),
     shell:
-        "medpipe eval3d --config {CONFIG} --model {wildcards.model} --dataset {wildcards.dataset} "
-        "--store {input.store} --splits {input.splits} --cache {input.cache} --device {params.device} "
-        "--starts {wildcards.start} "
-        f"--threads {IA_SECTION['threads']} --out-dir {{params.out_dir}} > {{log}} 2>&1"
+        "medpipe eval3d --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q} "
+        "--store {input.store:q} --splits {input.splits:q} --cache {input.cache:q} --device {params.device:q} "
+        "--starts {wildcards.start:q} "
+        "--threads {resources.torch_threads:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule interactive3d_grid_point:
     # One grid point on the validation volumes, e.g.
     #   snakemake results/interactive3d/sam_tiny/demo_ct/start~box/points/iou_threshold~0.8/projection~mask/box_extension~0.0.tsv
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
-        splits=f"{R}/splits/{{dataset}}.tsv",
-        cache=ia_cache,
-        model=ia_model_checkpoint,
+        store=store("{dataset}"),
+        splits=split_table("{dataset}"),
+        cache=embedding_cache,
+        model=eval_model_checkpoint,
     output:
-        f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/points/{IA_GRID.wildcard_pattern}.tsv",
+        f"{R}/interactive3d/{{model}}/{{dataset}}/start~{{start}}/points/{GRID_POINT}.tsv",
     wildcard_constraints:
-        dataset="|".join(IA_DATASETS_3D) or "(?!x)x",
-        start="|".join(IA_SECTION["starts3d"]),
+        dataset=one_of(INTERACTIVE_3D),
+        start=one_of(INTERACTIVE["starts3d"]),
+        iou_threshold=r"[0-9.]+",
+        projection="[a-z_]+",
+        box_extension=r"[0-9.]+",
     params:
-        point=IA_GRID.instance,
+        model=eval_model,
+        seed=config["seed"],
+        settings=interactive_settings("seeds", "min_object_px"),
         out_dir=lambda wc, output: os.path.splitext(output[0])[0],
-        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+        device=device,
+        config=config_snapshot,
     log:
-        f"{R}/logs/interactive3d_grid_point/{{model}}/{{dataset}}/start~{{start}}/{IA_GRID.wildcard_pattern}.log",
+        job_log("interactive3d_grid_point", f"{{model}}/{{dataset}}/start~{{start}}/{GRID_POINT}"),
     benchmark:
-        f"{R}/benchmarks/interactive3d_grid_point/{{model}}/{{dataset}}/start~{{start}}/{IA_GRID.wildcard_pattern}.tsv"
+        job_benchmark("interactive3d_grid_point", f"{{model}}/{{dataset}}/start~{{start}}/{GRID_POINT}")
     resources:
-        gpu=gpu_count("interactive"),
-        mem_mb=IA_SECTION["mem_mb"],
-        runtime=IA_SECTION["runtime"],
-        cpus_per_task=IA_SECTION["cpus_per_task"],
+        **job_resources("interactive"),
     shell:
-        "medpipe eval3d --config {CONFIG} --model {wildcards.model} --dataset {wildcards.dataset} "
-        "--store {input.store} --splits {input.splits} --cache {input.cache} --device {params.device} "
-        "--starts {wildcards.start} --iou-thresholds {params.point[iou_threshold]} "
-        "--projections {params.point[projection]} --box-extensions {params.point[box_extension]} --grid-only "
-        f"--out-dir {{params.out_dir}} --threads {IA_SECTION['threads']} > {{log}} 2>&1 "
-        "&& mv {params.out_dir}/grid.tsv {output} && rmdir {params.out_dir}"
+        "medpipe eval3d --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q} "
+        "--store {input.store:q} --splits {input.splits:q} --cache {input.cache:q} --device {params.device:q} "
+        "--starts {wildcards.start:q} --iou-thresholds {wildcards.iou_threshold:q} "
+        "--projections {wildcards.projection:q} --box-extensions {wildcards.box_extension:q} --grid-only "
+        "--out-dir {params.out_dir:q} --threads {resources.torch_threads:q} > {log:q} 2>&1 "
+        "&& mv {params.out_dir:q}/grid.tsv {output:q} && rmdir {params.out_dir:q}"
 
 
 rule interactive3d_sam2:
     # SAM2-family baseline (interactive.sam2): video propagation on the test volumes, same objects,
     # start slices and first prompts as the SAM propagation above.
     input:
-        store=f"{R}/data/{{dataset}}.zarr",
-        splits=f"{R}/splits/{{dataset}}.tsv",
-        checkpoint=lambda wc: [c] if (c := IA_SECTION["sam2"][wc.sam2].get("checkpoint")) else [],
+        store=store("{dataset}"),
+        splits=split_table("{dataset}"),
+        checkpoint=sam2_checkpoint,
     output:
         f"{R}/interactive3d_sam2/{{sam2}}/{{dataset}}.tsv",
     wildcard_constraints:
-        dataset="|".join(IA_DATASETS_3D) or "(?!x)x",
-        sam2="|".join(IA_SECTION["sam2"]) or "(?!x)x",
+        dataset=one_of(INTERACTIVE_3D),
+        sam2=one_of(SAM2_MODELS),
     params:
-        spec=lambda wc: IA_SECTION["sam2"][wc.sam2],
-        device=lambda wc, resources: "cuda" if int(resources.gpu) > 0 else "cpu",
+        model=lambda wc: canonical(SAM2_MODELS[wc.sam2]),
+        seed=config["seed"],
+        settings=interactive_settings("starts3d", "seeds", "min_object_px"),
+        device=device,
+        config=config_snapshot,
     log:
-        f"{R}/logs/interactive3d_sam2/{{sam2}}/{{dataset}}.log",
+        job_log("interactive3d_sam2", "{sam2}/{dataset}"),
     benchmark:
-        f"{R}/benchmarks/interactive3d_sam2/{{sam2}}/{{dataset}}.tsv"
+        job_benchmark("interactive3d_sam2", "{sam2}/{dataset}")
     resources:
-        gpu=gpu_count("interactive"),
-        mem_mb=IA_SECTION["mem_mb"],
-        runtime=IA_SECTION["runtime"],
-        cpus_per_task=IA_SECTION["cpus_per_task"],
+        **job_resources("interactive"),
     shell:
-        "medpipe eval3d-sam2 --config {CONFIG} --model {wildcards.sam2} --dataset {wildcards.dataset} "
-        "--store {input.store} --splits {input.splits} --device {params.device} --out {output} > {log} 2>&1"
-
-
-TARGETS.extend(ia_tables_2d())
-TARGETS.extend(ia_tables_3d())
-TARGETS.extend(f"{R}/interactive3d_sam2/{m}/{d}.tsv" for m in IA_SECTION["sam2"] for d in IA_DATASETS_3D)
+        "medpipe eval3d-sam2 --config {params.config:q} --model {wildcards.sam2:q} --dataset {wildcards.dataset:q} "
+        "--store {input.store:q} --splits {input.splits:q} --device {params.device:q} --out {output:q} > {log:q} 2>&1"
