@@ -23,9 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from medpipe.finetune.objective import alg1_loss, semantic_dice_loss
-from medpipe.models.sem_decoder import decoder_for
 from medpipe.finetune.trainer import enable_activation_checkpointing
 from medpipe.models.sam import build_sam
+from medpipe.models.sem_decoder import decoder_for
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -122,7 +122,8 @@ def measure(model_type: str, batch: int, args, device, checkpointing: bool, mode
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16 autocast"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32"
+    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, fp32")
 
 
 def main(argv=None) -> int:
@@ -163,9 +164,11 @@ def main(argv=None) -> int:
             if "error" in row:
                 print(f"| {args.model_type} | {batch} | {checkpointing} | OOM | | | | | |")
                 continue
-            print(f"| {row['model_type']} | {batch} | {'on' if checkpointing else 'off'} | {row['seconds_per_iteration']} | "
+            print(f"| {row['model_type']} | {batch} | {'on' if checkpointing else 'off'} | "
+                  f"{row['seconds_per_iteration']} | "
                   f"{row['images_per_s']} | {row['tflop_per_iteration']} | {row['achieved_tflops']} | "
-                  f"{row['mfu'] if row['mfu'] is not None else 'n/a'} | {row['peak_memory_gib'] or 'n/a'} |", flush=True)
+                  f"{row['mfu'] if row['mfu'] is not None else 'n/a'} | {row['peak_memory_gib'] or 'n/a'} |",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"machine": machine(device), "results": results}, handle, indent=2)

@@ -105,7 +105,8 @@ def main() -> None:
 
     if args.child:
         kind, data, out = args.child[0], Path(args.child[1]), Path(args.child[2])
-        import nibabel, zarr  # noqa: F401,E401 - imports are not part of the measured time
+        import nibabel  # noqa: F401,E401 - imports are not part of the measured time
+
         import medpipe.data.ingest  # noqa: F401
         start = time.perf_counter()
         (child_ours if kind == "ours" else child_baseline)(data, out)
@@ -125,7 +126,8 @@ def main() -> None:
             for kind in ("baseline", "ours"):
                 result = run_child(kind, tmp / "data", tmp / f"out-{kind}-{repeat}")
                 runs[kind].append(result)
-                print(f"{kind:8s} run {repeat}: {result['seconds']:.1f} s, {nbytes / 1e6 / result['seconds']:.0f} MB/s, "
+                print(f"{kind:8s} run {repeat}: {result['seconds']:.1f} s, "
+                      f"{nbytes / 1e6 / result['seconds']:.0f} MB/s, "
                       f"peak RSS {result['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
         best = {kind: min(r["seconds"] for r in results) for kind, results in runs.items()}
         peak_ours = max(r["peak_rss_bytes"] for r in runs["ours"])

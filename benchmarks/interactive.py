@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from interactive_fixtures import image_2d, volume_3d  # noqa: E402
-
 from medpipe import prompts  # noqa: E402
 from medpipe.interactive import eval2d, grid, propagate3d  # noqa: E402
+from medpipe.interactive.objects import connected_objects, start_slice  # noqa: E402
+from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices  # noqa: E402
+from medpipe.metrics import dice  # noqa: E402
 from medpipe.models.sam import load_model  # noqa: E402
 from medpipe.models.specs import ModelSpec  # noqa: E402
-from medpipe.interactive.objects import connected_objects, start_slice  # noqa: E402
-from medpipe.metrics import dice  # noqa: E402
-from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices  # noqa: E402
+
+from interactive_fixtures import image_2d, volume_3d  # noqa: E402
 
 
 class RecomputingPredictor(BatchedPredictor):
@@ -151,7 +151,8 @@ def bench_3d(sam, device, n_volumes, grid_points, shape, baseline_points):
     sync(device)
     t_sample = time.perf_counter() - t0
     t_recompute = t_sample / n_base * len(points)
-    return {"volumes": n_volumes, "shape": list(shape), "grid_points": len(points), "objects": len(reuse_rows) // len(points),
+    return {"volumes": n_volumes, "shape": list(shape), "grid_points": len(points),
+            "objects": len(reuse_rows) // len(points),
             "s_reuse": t_reuse, "baseline_points_timed": n_base, "s_baseline_timed": t_sample,
             "s_recompute": t_recompute, "recompute_extrapolated": n_base < len(points),
             "speedup": t_recompute / t_reuse}
@@ -181,7 +182,8 @@ def main() -> int:
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "model_type": args.model_type,
         "2d": bench_2d(sam, args.device, args.images, args.iterations, args.size),
-        "3d": bench_3d(sam, args.device, args.volumes, args.grid_points, tuple(args.volume_shape), args.baseline_points),
+        "3d": bench_3d(sam, args.device, args.volumes, args.grid_points, tuple(args.volume_shape),
+                       args.baseline_points),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -10,7 +10,8 @@ import pandas as pd
 from medpipe.store import StoreWriter
 
 
-def write_store(path, name: str, ndim: int, classes: dict[int, str], cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+def write_store(path, name: str, ndim: int, classes: dict[int, str],
+                cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """A complete store in the layout of docs/data-format.md, written by the library's own writer."""
     with StoreWriter(path, name, "ct", ndim, classes) as writer:
         for case_id, (image, label) in cases.items():
@@ -19,7 +20,8 @@ def write_store(path, name: str, ndim: int, classes: dict[int, str], cases: dict
 
 
 def write_splits(path, dataset: str, splits: dict[str, str]) -> Path:
-    rows = [{"dataset": dataset, "case_id": c, "patient_id": c, "modality": "ct", "split": s} for c, s in sorted(splits.items())]
+    rows = [{"dataset": dataset, "case_id": c, "patient_id": c, "modality": "ct", "split": s}
+            for c, s in sorted(splits.items())]
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     return Path(path)
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from medpipe.aggregate import interactive as agg
-from medpipe.metrics import bootstrap_dataset_mean, hierarchical_mean
 from medpipe.config import validate_config
 from medpipe.interactive.grid import ORACLE_LABEL, SELECTED_LABEL
+from medpipe.metrics import bootstrap_dataset_mean, hierarchical_mean
 
 
 def rows_2d(model, offset):
@@ -44,15 +44,18 @@ def test_aggregate_writes_traceable_tables_and_figures(tmp_path):
         for result, dice in ((SELECTED_LABEL, 0.5), (ORACLE_LABEL, 0.6)):
             rows3d.append({"dataset": "v", "split": "test", "case": "x", "class_id": 1, "class": "k", "object": 0,
                            "z_start": 3, "start": "box", "iou_threshold": 0.8, "projection": "mask",
-                           "box_extension": 0.0, "dice": dice, "n_slices": 4, "seed": 0, "model": model, "result": result})
+                           "box_extension": 0.0, "dice": dice, "n_slices": 4, "seed": 0, "model": model,
+                           "result": result})
     path3d = tmp_path / "r3.tsv"
     pd.DataFrame(rows3d).to_csv(path3d, sep="\t", index=False)
-    config = validate_config({"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y", "classes": {1: "a"}}},
+    config = validate_config({"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y",
+                                                 "classes": {1: "a"}}},
                               "models": {"sam": {"type": "tiny"}, "ft": {"type": "tiny"}}, "aggregate": {"n_boot": 50}})
     out = agg.aggregate(config, paths, [path3d], tmp_path / "tables", tmp_path / "figures")
 
     summary = pd.read_csv(out["summary2d"], sep="\t")
-    final = summary[(summary["model"] == "ft") & (summary["iteration"] == 1) & (summary["start"] == "box") & (summary["masks"] == "on")]
+    final = summary[(summary["model"] == "ft") & (summary["iteration"] == 1) & (summary["start"] == "box")
+                    & (summary["masks"] == "on")]
     # class 1: a (0.9 + 0.8) / 2 = 0.85, b 0.95 -> 0.9; class 2: 0.6 -> 0.75, + 0.04 offset
     assert final["dice"].item() == pytest.approx(0.79)
     noc = pd.read_csv(out["noc"], sep="\t")
@@ -67,6 +70,7 @@ def test_aggregate_writes_traceable_tables_and_figures(tmp_path):
     oracle = summary3d[summary3d["result"] == ORACLE_LABEL]
     assert len(oracle) == 2 and np.allclose(oracle["dice"], 0.6)
     assert np.allclose(summary3d[summary3d["result"] == SELECTED_LABEL]["dice"], 0.5)
-    for name in ("fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d", "fig7b_mask_prompts"):
+    for name in ("fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d",
+                 "fig7b_mask_prompts"):
         for ext in ("png", "svg"):
             assert (tmp_path / "figures" / f"{name}.{ext}").stat().st_size > 1000

@@ -194,7 +194,8 @@ def test_schedule_decays():
 
 
 def _config(**run):
-    return {"models": {"sam_tiny": {"type": "tiny", "checkpoint": None}, "sam": {"type": "vit_b", "checkpoint": "/w/sam.pth"}},
+    return {"models": {"sam_tiny": {"type": "tiny", "checkpoint": None},
+                       "sam": {"type": "vit_b", "checkpoint": "/w/sam.pth"}},
             "finetune": {"presets": PRESETS, "defaults": {"iterations": 30}, "runs": {"r": run}}}
 
 
@@ -206,7 +207,8 @@ def test_presets_map_to_the_right_knobs():
     simple = resolve_run(_config(base="sam", preset="simpleft"), "r")
     assert (simple["n_steps"], simple["p_box"], simple["p_mask"], simple["e_sem"]) == (0, 0.5, 0.0, False)
     p60 = resolve_run(_config(base="sam", preset="medicosam_p60"), "r")
-    assert (p60["n_steps"], p60["p_box"], p60["p_mask"], p60["e_sem"], p60["corpus_variant"]) == (8, 0.5, 0.0, False, "p60")
+    assert ((p60["n_steps"], p60["p_box"], p60["p_mask"], p60["e_sem"], p60["corpus_variant"])
+            == (8, 0.5, 0.0, False, "p60"))
     full = resolve_run(_config(base="sam_tiny", preset="medicosam_full", iterations=5), "r")
     assert (full["n_steps"], full["p_box"], full["p_mask"], full["e_sem"], full["lr"]) == (8, 0.5, 0.5, True, 1e-5)
     assert full["iterations"] == 5 and full["checkpoint"] is None and full["n_obj"] == 5

@@ -58,7 +58,8 @@ def expected_counts(config: dict) -> dict[str, int]:
                       check_compat=len(runs), compat_table=1)
     models = list(config["models"]) + runs  # every base model and every finetune export is evaluated
     section = config["interactive"]
-    interactive2d, interactive3d = datasets_with_role(config, "interactive2d"), datasets_with_role(config, "interactive3d")
+    interactive2d = datasets_with_role(config, "interactive2d")
+    interactive3d = datasets_with_role(config, "interactive3d")
     counts["interactive_embed"] = len(models) * len(set(interactive2d) | set(interactive3d))
     counts["interactive2d"] = len(models) * len(interactive2d) * len(section["starts"]) * len(section["masks"])
     counts["interactive3d"] = len(models) * len(interactive3d) * len(section["starts3d"])

@@ -6,17 +6,18 @@ import pytest
 import torch
 import yaml
 
-from interactive_fixtures import image_2d, volume_3d, write_splits, write_store
 from medpipe.aggregate.interactive import paired_difference
 from medpipe.cli import main
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, EmbeddingCacheError
-from medpipe.models.sam import load_model
-from medpipe.models.specs import ModelSpec, model_key
 from medpipe.interactive.objects import connected_objects
 from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.tables import COLUMNS_2D, MissingResultError, check_complete
+from medpipe.models.sam import load_model
+from medpipe.models.specs import ModelSpec
 from medpipe.store import DatasetStore
+from medpipe.tables import COLUMNS_2D, MissingResultError, check_complete
+
+from interactive_fixtures import image_2d, volume_3d, write_splits, write_store
 
 torch.set_num_threads(1)
 
@@ -114,7 +115,8 @@ def test_settings_evaluated_apart_equal_settings_evaluated_together(store2d, tmp
                                 seeds=(0, 1), n_iterations=2)
         for start in eval2d.STARTS for masks in eval2d.MASKS], ignore_index=True)
     keys = ["case", "object", "class_id", "start", "masks", "seed", "iteration"]
-    pd.testing.assert_frame_equal(together.sort_values(keys, ignore_index=True), apart.sort_values(keys, ignore_index=True))
+    pd.testing.assert_frame_equal(together.sort_values(keys, ignore_index=True),
+                                  apart.sort_values(keys, ignore_index=True))
 
 
 def test_2d_protocol_on_a_volume_evaluates_each_slice_with_objects(tmp_path):
@@ -132,7 +134,8 @@ def test_2d_protocol_on_a_volume_evaluates_each_slice_with_objects(tmp_path):
     assert table[(table["case"] == "v0@z0004") & (table["iteration"] == 0)]["class"].tolist() == ["ball", "box"]
     # with a whole-volume entry (made by the 3D evaluation) the slices are read from it: same Dice, no pass
     whole = EmbeddingCache(tmp_path / "whole.zarr", "tiny", "k", predictor.img_size)
-    grid.evaluate_split(predictor, whole, store, ["v0"], "val", grid.make_grid([0.5], ["box"], [0.0]), ["box"], [0], "t")
+    grid.evaluate_split(predictor, whole, store, ["v0"], "val", grid.make_grid([0.5], ["box"], [0.0]), ["box"], [0],
+                        "t")
     passes = len(calls)
     again = eval2d.evaluate_dataset(predictor, whole, store, ["v0"], "tiny", starts=["box"], masks_settings=["off"],
                                     n_iterations=1)
@@ -149,7 +152,8 @@ def test_cli_embed_then_eval2d_and_eval3d_per_setting(tmp_path):
     config = {"datasets": {"d2": {**dataset, "ndim": 2, "roles": ["interactive2d"]},
                            "d3": {**dataset, "ndim": 3, "roles": ["interactive2d", "interactive3d"]}},
               "interactive": {"n_iterations": 1, "starts": ["box"], "masks": ["off"],
-                              "grid3d": {"iou_thresholds": [0.5], "projections": ["mask", "points"], "box_extensions": [0.0]}}}
+                              "grid3d": {"iou_thresholds": [0.5], "projections": ["mask", "points"],
+                                         "box_extensions": [0.0]}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     common = ["--config", str(tmp_path / "c.yaml"), "--model", "sam_tiny", "--threads", "1"]
     d2 = ["--dataset", "d2", "--store", str(tmp_path / "d2.zarr"), "--splits", str(tmp_path / "d2.tsv"),

@@ -7,8 +7,8 @@ import torch
 
 from medpipe.interactive import grid, propagate3d
 from medpipe.interactive.predictor import Prediction
-from medpipe.tables import MissingResultError
 from medpipe.metrics import dice
+from medpipe.tables import MissingResultError
 
 
 def square(shape=(40, 40), y0=10, y1=30, x0=8, x1=28):
@@ -83,7 +83,8 @@ def test_iou_stop_and_volume_ends():
     assert [c[0] for c in oracle.calls] == [3, 2, 1, 5, 6, 7, 8]
     # the next slice is prompted from the previous *predicted* mask: slice 8 gets slice 7's box
     assert oracle.calls[-1][1].tolist() == [[8, 10, 24, 30]]
-    strict = propagate3d.propagate(SliceOracle(masks), embeddings, (40, 40), masks[4], 4, propagate3d.GridPoint(0.9, "mask", 0.0))
+    strict = propagate3d.propagate(SliceOracle(masks), embeddings, (40, 40), masks[4], 4,
+                                   propagate3d.GridPoint(0.9, "mask", 0.0))
     assert strict.any(axis=(1, 2)).tolist() == [False, False, True, True, True, True, True, False, False]
 
 
@@ -91,7 +92,8 @@ def test_empty_previous_mask_stops_propagation():
     masks = np.stack([square() for _ in range(5)])
     masks[3] = False
     oracle = SliceOracle(masks)
-    out = propagate3d.propagate(oracle, np.arange(5.0)[:, None], (40, 40), masks[2], 2, propagate3d.GridPoint(0.0, "box", 0.0))
+    out = propagate3d.propagate(oracle, np.arange(5.0)[:, None], (40, 40), masks[2], 2,
+                                propagate3d.GridPoint(0.0, "box", 0.0))
     # threshold 0 accepts the empty slice 3, after which nothing can be prompted
     assert out.any(axis=(1, 2)).tolist() == [True, True, True, False, False]
     assert [c[0] for c in oracle.calls] == [1, 0, 3]
@@ -123,10 +125,11 @@ def test_whole_grid_shares_walks_and_equals_each_point_alone():
 
 def test_whole_grid_with_a_real_sam_equals_each_point_alone():
     """The shared walks of a tiny random SAM give exactly the reference per-point propagation."""
-    from medpipe.models.sam import load_model
-    from medpipe.models.specs import ModelSpec
     from medpipe.interactive.objects import connected_objects, start_slice
     from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
+    from medpipe.models.sam import load_model
+    from medpipe.models.specs import ModelSpec
+
     from interactive_fixtures import volume_3d
 
     image, label = volume_3d(3, (8, 48, 48))
@@ -138,7 +141,8 @@ def test_whole_grid_with_a_real_sam_equals_each_point_alone():
         z = start_slice(obj.mask)
         if z is None:
             continue
-        first = predictor.predict(embeddings[z], (48, 48), boxes=propagate3d.prompts.tight_bbox(obj.mask[z])[None]).masks[0]
+        first = predictor.predict(embeddings[z], (48, 48),
+                                  boxes=propagate3d.prompts.tight_bbox(obj.mask[z])[None]).masks[0]
         scores = propagate3d.score_grid(predictor, embeddings, (48, 48), first, z, points, obj.mask)
         for point, (score, n_slices) in zip(points, scores):
             alone = propagate3d.propagate(predictor, embeddings, (48, 48), first, z, point)

@@ -64,7 +64,8 @@ def test_nothing_reruns_and_a_grid_point_runs_alone(interactive_run, repo_root):
     workdir, target, _, _ = interactive_run
     dry = snakemake(workdir, repo_root, "-n", target)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
-    point = "results/interactive3d/sam_tiny/demo_mr/start~box/points/iou_threshold~0.8/projection~mask/box_extension~0.0.tsv"
+    point = ("results/interactive3d/sam_tiny/demo_mr/start~box/points/"
+             "iou_threshold~0.8/projection~mask/box_extension~0.0.tsv")
     run = snakemake(workdir, repo_root, point)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = _job_counts(run.stdout + run.stderr)

@@ -117,7 +117,8 @@ def test_real_pydicom_files_read_as_2d_with_modality_lut():
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     array, meta = read_image(get_testdata_file("CT_small.dcm"))
     assert meta.shape == (128, 128) and meta.spacing == pytest.approx((0.661468, 0.661468))
-    np.testing.assert_array_equal(array, ct.pixel_array.astype(np.int32) * int(ct.RescaleSlope) + int(ct.RescaleIntercept))
+    np.testing.assert_array_equal(array,
+                                  ct.pixel_array.astype(np.int32) * int(ct.RescaleSlope) + int(ct.RescaleIntercept))
     mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     array, meta = read_image(get_testdata_file("MR_small.dcm"))
     assert meta.shape == (64, 64) and meta.spacing == pytest.approx((0.3125, 0.3125))

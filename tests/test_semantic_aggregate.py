@@ -46,7 +46,8 @@ def test_seed_statistics_by_hand(tables):
     assert sam.mean_dice == pytest.approx(seed_means.mean())
     assert sam.std_dice == pytest.approx(seed_means.std(ddof=1))
     half = stats.t.ppf(0.975, 1) * seed_means.std(ddof=1) / np.sqrt(2)
-    assert sam.ci_low == pytest.approx(seed_means.mean() - half) and sam.ci_high == pytest.approx(seed_means.mean() + half)
+    assert (sam.ci_low == pytest.approx(seed_means.mean() - half)
+            and sam.ci_high == pytest.approx(seed_means.mean() + half))
     assert summary.loc["nnU-Net"].std_dice == 0.0
 
 

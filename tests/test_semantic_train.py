@@ -10,10 +10,8 @@ import pytest
 import torch
 from imageio import v3 as iio
 
-from semantic_fixtures import TINY_SEMANTIC, make_semantic_data, write_semantic_config
-
+from medpipe.models.swin_unetr import padded_size
 from medpipe.semantic.command import run_semantic_run as run_command
-from medpipe.semantic.run import Backbone, run_torch
 from medpipe.semantic.data import PatchSampler, SplitError, read_split
 from medpipe.semantic.evaluate import dice_rows, write_prediction
 from medpipe.semantic.preprocess import (
@@ -24,8 +22,10 @@ from medpipe.semantic.preprocess import (
     scale_intensity,
     to_sam_batch,
 )
-from medpipe.models.swin_unetr import padded_size
+from medpipe.semantic.run import Backbone, run_torch
 from medpipe.store import DatasetStore
+
+from semantic_fixtures import TINY_SEMANTIC, make_semantic_data, write_semantic_config
 
 SCHEMA_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.01, "plateau_patience": 10, "plateau_factor": 0.5,
                    "input_size": None, "freeze_encoder": False}
@@ -51,7 +51,10 @@ def test_read_split_checks_cases_and_parts(data, tmp_path):
 
 def test_patch_sampler_is_seeded_padded_and_scaled(data):
     store = DatasetStore(data["store3d"])
-    draw = lambda: PatchSampler(store, ["v0_vol", "v1_vol"], (10, 32, 32), np.random.default_rng(3)).batch(3)
+
+    def draw():
+        return PatchSampler(store, ["v0_vol", "v1_vol"], (10, 32, 32), np.random.default_rng(3)).batch(3)
+
     images, labels = draw()
     again_images, again_labels = draw()
     assert all(np.array_equal(a, b) for a, b in zip(images, again_images))

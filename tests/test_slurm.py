@@ -168,7 +168,8 @@ def test_cancelled_finetune_job_is_resubmitted_and_resumes_from_its_checkpoint(s
                                text=True, env=_env(slurm_cluster))
     try:
         def running_finetune():
-            jobs = [j for j in slurm_cluster.jobs() if j["comment"].startswith("rule_finetune") and j["state"] == "RUNNING"]
+            jobs = [j for j in slurm_cluster.jobs()
+                    if j["comment"].startswith("rule_finetune") and j["state"] == "RUNNING"]
             return jobs and latest.exists() and _latest_iteration(latest) >= 4 and jobs[0]
 
         job = slurm_cluster.wait(running_finetune, 240, "a running finetune job with a checkpoint", interval=1)

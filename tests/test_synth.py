@@ -175,7 +175,8 @@ def test_matches_demo_config_globs(repo_root, tmp_path):
     for name, ds in config["datasets"].items():
         synth = ds["synth"]
         folder = tmp_path / name
-        generate_dataset(folder, synth["kind"], seed=0, patients=2, images_per_patient=1, size=KINDS[synth["kind"]].min_size)
+        generate_dataset(folder, synth["kind"], seed=0, patients=2, images_per_patient=1,
+                         size=KINDS[synth["kind"]].min_size)
         assert ds["modality"] == synth["kind"] and ds["ndim"] == KINDS[synth["kind"]].ndim
         assert {int(k): v for k, v in ds["classes"].items()} == KINDS[synth["kind"]].classes
         images = [p.name for p in (folder / "images").iterdir()]
@@ -209,7 +210,8 @@ def test_file_does_not_depend_on_patient_count(tmp_path):
     generate_dataset(tmp_path / "a", "xray", seed=1, patients=1, images_per_patient=1, size=(48, 48))
     generate_dataset(tmp_path / "b", "xray", seed=1, patients=3, images_per_patient=2, size=(48, 48))
     for sub in ("images", "labels"):
-        assert (tmp_path / "a" / sub / "p000_00.png").read_bytes() == (tmp_path / "b" / sub / "p000_00.png").read_bytes()
+        assert ((tmp_path / "a" / sub / "p000_00.png").read_bytes()
+                == (tmp_path / "b" / sub / "p000_00.png").read_bytes())
 
 
 def test_nifti_gzip_header_has_no_timestamp():

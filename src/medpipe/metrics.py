@@ -65,7 +65,8 @@ def noc(dices, threshold: float, cap: int | None = None) -> int:
     return int(min(reached[0] + 1, cap)) if reached.size else cap
 
 
-def bootstrap_ci(values, statistic=np.mean, n_boot: int = 1000, alpha: float = 0.05, rng=None) -> tuple[float, float, float]:
+def bootstrap_ci(values, statistic=np.mean, n_boot: int = 1000, alpha: float = 0.05,
+                 rng=None) -> tuple[float, float, float]:
     """Statistic of ``values`` with its percentile-bootstrap ``1 - alpha`` confidence interval.
 
     Resamples the units in ``values`` (e.g. per-case means, so the interval reflects the

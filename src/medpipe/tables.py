@@ -40,7 +40,8 @@ def check_complete(frame: pd.DataFrame, expected: pd.DataFrame, keys: list[str],
     """Raise unless every key row of ``expected`` appears in ``frame`` exactly once."""
     dup = frame.duplicated(keys)
     if dup.any():
-        raise MissingResultError(f"{where}: {int(dup.sum())} duplicated result rows, e.g. {frame[dup].iloc[0][keys].to_dict()}")
+        raise MissingResultError(f"{where}: {int(dup.sum())} duplicated result rows, "
+                                 f"e.g. {frame[dup].iloc[0][keys].to_dict()}")
     merged = expected[keys].merge(frame[keys], on=keys, how="left", indicator=True)
     absent = merged[merged["_merge"] == "left_only"]
     if len(absent):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -177,7 +176,10 @@ PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
     (root / "gres.conf").write_text(
         "".join(f"NodeName=localhost Name=gpu Type=a100 File={d}\n" for d in devices)
     )
-    (root / "cgroup.conf").write_text("# no cgroups in the test container: task/none, proctrack/linuxproc\nCgroupPlugin=autodetect\nConstrainDevices=no\nConstrainCores=no\nConstrainRAMSpace=no\n")
+    (root / "cgroup.conf").write_text(
+        "# no cgroups in the test container: task/none, proctrack/linuxproc\n"
+        "CgroupPlugin=autodetect\nConstrainDevices=no\nConstrainCores=no\nConstrainRAMSpace=no\n"
+    )
     return {"socket": socket_path, "key": key}
 
 

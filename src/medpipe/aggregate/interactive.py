@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from medpipe.files import atomic_path, write_tsv  # noqa: E402
 from medpipe.metrics import bootstrap_dataset_mean, noc_per_object  # noqa: E402
 from medpipe.models.specs import model_specs  # noqa: E402
-from medpipe.files import atomic_path, write_tsv  # noqa: E402
 from medpipe.tables import COLUMNS_2D, KEYS_2D, MissingResultError, read_tsv  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def paired_difference(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     a key present for one model and missing for the other raises, it is never dropped or shifted.
     """
     if reference not in set(rows["model"]):
-        raise MissingResultError(f"reference model {reference!r} has no 2D results (models: {sorted(set(rows['model']))})")
+        raise MissingResultError(f"reference model {reference!r} has no 2D results "
+                                 f"(models: {sorted(set(rows['model']))})")
     ref = rows[rows["model"] == reference][KEYS_2D + ["dice"]]
     parts = []
     for model, group in rows.groupby("model", sort=False):
@@ -73,7 +74,8 @@ def paired_difference(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
         if len(missing):
             side = "model" if (missing["_merge"] == "right_only").any() else "reference"
             example = missing.iloc[0][KEYS_2D].to_dict()
-            raise MissingResultError(f"{model} vs {reference}: {len(missing)} results have no partner ({side} lacks e.g. {example})")
+            raise MissingResultError(f"{model} vs {reference}: {len(missing)} results have no partner "
+                                     f"({side} lacks e.g. {example})")
         merged["diff"] = merged["dice"] - merged["dice_ref"]
         merged["reference"] = reference
         parts.append(merged.drop(columns="_merge"))
@@ -87,7 +89,8 @@ def summarize_difference(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     paired = paired[paired["iteration"].isin([0, last])].copy()
     paired["stage"] = np.where(paired["iteration"] == 0, "initial", "final")
     out = []
-    for key, group in paired.groupby(["model", "reference", "dataset", "start", "masks", "stage", "iteration"], sort=True):
+    for key, group in paired.groupby(["model", "reference", "dataset", "start", "masks", "stage", "iteration"],
+                                     sort=True):
         per_case = group.groupby(["class_id", "case"])["diff"].mean().groupby(level="class_id").mean()
         out.append({**dict(zip(["model", "reference", "dataset", "start", "masks", "stage", "iteration"], key)),
                     "dice_difference": float(per_case.mean()), "n_objects": len(group)})
@@ -102,8 +105,10 @@ def summarize_3d(rows: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     selected = rows[~rows["result"].str.startswith("oracle")]
     for key, group in selected.groupby(keys, sort=True):
         mean, low, high = bootstrap_dataset_mean(group, n_boot=n_boot, seed=seed)
-        out.append({**dict(zip(keys, key)), "dice": mean, "ci_low": low, "ci_high": high, "n_cases": group["case"].nunique()})
-    for key, group in rows[rows["result"].str.startswith("oracle")].groupby(["model", "dataset", "start", "result"], sort=True):
+        out.append({**dict(zip(keys, key)), "dice": mean, "ci_low": low, "ci_high": high,
+                    "n_cases": group["case"].nunique()})
+    for key, group in rows[rows["result"].str.startswith("oracle")].groupby(["model", "dataset", "start", "result"],
+                                                                            sort=True):
         mean, low, high = bootstrap_dataset_mean(group, n_boot=n_boot, seed=seed)
         out.append({**dict(zip(["model", "dataset", "start", "result"], key)), "iou_threshold": np.nan,
                     "projection": "per-volume", "box_extension": np.nan, "dice": mean, "ci_low": low, "ci_high": high,
@@ -139,7 +144,8 @@ def fig3a(summary: pd.DataFrame, models, folder: Path, masks: str):
         for model in models:
             part = data[(data["model"] == model) & (data["start"] == start)].sort_values("iteration")
             ax.plot(part["iteration"], part["dice"], marker="o", label=model)
-        ax.set(title=f"start: {start} (mask prompts {masks})", xlabel="correction iteration", ylabel="Dice (mean over datasets)")
+        ax.set(title=f"start: {start} (mask prompts {masks})", xlabel="correction iteration",
+               ylabel="Dice (mean over datasets)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     return _save(fig, folder, "fig3a_dice_per_iteration")
@@ -149,12 +155,14 @@ def fig3b(diff: pd.DataFrame, folder: Path, masks: str):
     data = diff[(diff["masks"] == masks) & (diff["model"] != diff["reference"])]
     datasets = sorted(set(diff["dataset"]))
     models = list(dict.fromkeys(data["model"]))
-    panels = [(s, st) for s in ("point", "box") for st in ("initial", "final") if ((data["start"] == s) & (data["stage"] == st)).any()]
+    panels = [(s, st) for s in ("point", "box") for st in ("initial", "final")
+              if ((data["start"] == s) & (data["stage"] == st)).any()]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3.5), squeeze=False, sharey=True)
     width = 0.8 / max(len(models), 1)
     for ax, (start, stage) in zip(axes[0], panels):
         for i, model in enumerate(models):
-            part = data[(data["model"] == model) & (data["start"] == start) & (data["stage"] == stage)].set_index("dataset")
+            part = data[(data["model"] == model) & (data["start"] == start)
+                        & (data["stage"] == stage)].set_index("dataset")
             values = [part["dice_difference"].get(d, np.nan) for d in datasets]
             ax.bar(np.arange(len(datasets)) + i * width, values, width, label=model)
         ax.axhline(0, color="black", lw=0.8)
@@ -168,7 +176,8 @@ def fig3b(diff: pd.DataFrame, folder: Path, masks: str):
 def fig1b(summary: pd.DataFrame, models, folder: Path, masks: str):
     data = summary[summary["masks"] == masks]
     last = data["iteration"].max()
-    bars = [("point", 0, "point"), ("box", 0, "box"), ("point", last, "point + corrections"), ("box", last, "box + corrections")]
+    bars = [("point", 0, "point"), ("box", 0, "box"), ("point", last, "point + corrections"),
+            ("box", last, "box + corrections")]
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(models)), 3.5))
     width = 0.8 / len(bars)
     for i, (start, iteration, label) in enumerate(bars):
@@ -226,10 +235,12 @@ def aggregate(config: dict, tables2d, tables3d, tables_dir, figures_dir) -> dict
     out = {"interactive2d": write_tsv(rows2d, tables_dir / "interactive2d.tsv")}
     summary = summarize_2d(rows2d, section["n_boot"], seed)
     out["summary2d"] = write_tsv(summary, tables_dir / "interactive2d_summary.tsv")
-    out["noc"] = write_tsv(summarize_noc(rows2d, section["noc_thresholds"], section["n_boot"], seed), tables_dir / "interactive2d_noc.tsv")
+    out["noc"] = write_tsv(summarize_noc(rows2d, section["noc_thresholds"], section["n_boot"], seed),
+                           tables_dir / "interactive2d_noc.tsv")
     diff = summarize_difference(rows2d, reference)
     out["difference"] = write_tsv(diff, tables_dir / "interactive2d_difference.tsv")
-    rows3d = pd.concat([read_tsv(p, ["result"]) for p in tables3d], ignore_index=True) if tables3d else pd.DataFrame(columns=["result"])
+    rows3d = (pd.concat([read_tsv(p, ["result"]) for p in tables3d], ignore_index=True) if tables3d
+              else pd.DataFrame(columns=["result"]))
     out["interactive3d"] = write_tsv(rows3d, tables_dir / "interactive3d.tsv")
     summary3d = summarize_3d(rows3d, section["n_boot"], seed)
     out["summary3d"] = write_tsv(summary3d, tables_dir / "interactive3d_summary.tsv")

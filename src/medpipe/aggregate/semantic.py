@@ -27,7 +27,8 @@ from medpipe.files import atomic_path
 log = logging.getLogger(__name__)
 
 METHOD_NAMES = {"sam_unetr": "SAM-UNETR", "ma_sam": "MA-SAM", "nnunet": "nnU-Net", "swin_unetr": "Swin UNETR"}
-FIGURES = {"fig1d": "fig1d_semantic2d", "fig1e": "fig1e_semantic3d", "fig8": "fig8_semantic", "seeds": "fig6_semantic_seeds"}
+FIGURES = {"fig1d": "fig1d_semantic2d", "fig1e": "fig1e_semantic3d", "fig8": "fig8_semantic",
+           "seeds": "fig6_semantic_seeds"}
 
 
 def setting_label(method: str, backbone: str, decoder_init: str) -> str:

@@ -42,7 +42,8 @@ def _add_split_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="validated config (YAML)")
     parser.add_argument("--out", required=True, help="split table to write (TSV)")
     parser.add_argument("--previous", help="earlier split table whose assignments are kept")
-    parser.add_argument("--ledger", help="file recording every assignment made so far (read, then updated); default: none")
+    parser.add_argument("--ledger",
+                        help="file recording every assignment made so far (read, then updated); default: none")
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:

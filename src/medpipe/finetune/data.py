@@ -133,7 +133,8 @@ def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, 
         instances, count = instances_from_semantic(label, 1)
     tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
     inst = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(instances)), input_size), input_size)
-    fg = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(label > 0).astype(np.uint8)), input_size), input_size)
+    fg = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(label > 0).astype(np.uint8)), input_size),
+                       input_size)
     present = [i for i in range(1, count + 1) if bool((inst == i).any())]
     chosen = rng.choice(present, size=min(n_obj, len(present)), replace=False)
     masks = torch.stack([(inst == int(i)) for i in chosen]).to(torch.uint8)

@@ -39,7 +39,8 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp_min(EPS)
 
 
-def step_losses(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step_losses(logits: torch.Tensor, iou_pred: torch.Tensor,
+                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask and IoU loss of one (sub-)iteration, averaged over objects.
 
     ``logits`` (N, M, H, W) upscaled mask logits, ``iou_pred`` (N, M), ``target`` (N, 1, H, W).
@@ -103,7 +104,8 @@ def alg1_loss(
     iou_total = embeddings.new_zeros((), dtype=torch.float32)
     target = masks[:, :, None].float()
     for step in range(n_steps + 1):
-        outputs = [decode(sam, embeddings[b], state[b], mask_in[b], P.uses_multimask(state[b]), size) for b in range(batch)]
+        outputs = [decode(sam, embeddings[b], state[b], mask_in[b], P.uses_multimask(state[b]), size)
+                   for b in range(batch)]
         logits = torch.cat([o[0] for o in outputs])
         iou_pred = torch.cat([o[2] for o in outputs])
         mask_loss, iou_loss = step_losses(logits, iou_pred, target.flatten(0, 1))

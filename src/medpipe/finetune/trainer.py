@@ -27,11 +27,11 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medpipe.files import atomic_path, save_torch, write_json
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.objective import VALIDATION_KINDS, alg1_loss, semantic_dice_loss, validation_dice_loss
 from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
-from medpipe.files import atomic_path, save_torch, write_json
 from medpipe.models.sam import build_sam
 from medpipe.models.sem_decoder import decoder_for
 
@@ -227,7 +227,8 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
     train_items = build_items(corpus_table, store_paths, "train", settings.corpus_variant, settings.min_object_px)
     val_items = build_items(corpus_table, store_paths, "val", settings.corpus_variant, settings.min_object_px)
     train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN)
-    val_ds = CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL) if val_items else None
+    val_ds = (CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL) if val_items
+              else None)
     decay_every = settings.lr_decay_every or max(len(train_items) // (settings.batch_size * ctx.world_size), 1)
 
     def schedule(optimizer):

@@ -17,16 +17,16 @@ import torch
 from tqdm import tqdm
 
 from medpipe.config import load_config
+from medpipe.files import write_tsv
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, case_embeddings
+from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.models.device import pick_device
 from medpipe.models.sam import load_model
 from medpipe.models.specs import model_key, model_specs
-from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.files import write_tsv
-from medpipe.tables import GRID
 from medpipe.splits import split_case_ids
 from medpipe.store import DatasetStore
+from medpipe.tables import GRID
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def run_embed(args) -> int:
         for case_id in tqdm(split_case_ids(args.splits, args.dataset, section["split2d"]),
                             desc=f"embed {args.model}/{args.dataset} images", unit="case"):
             # drawing each image from the generator encodes it, or finds it in the cache
-            n_images += sum(1 for _ in eval2d.images_of_case(predictor, cache, store, case_id, section["min_object_px"]))
+            n_images += sum(1 for _ in eval2d.images_of_case(predictor, cache, store, case_id,
+                                                             section["min_object_px"]))
     log.info("%s: %d 2D images, %d encoder passes", cache.path, n_images, cache.computed)
     return 0
 
@@ -118,7 +119,8 @@ def add_eval3d_arguments(parser) -> None:
 def run_eval3d(args) -> int:
     config, predictor, cache, store = _setup(args)
     section = config["interactive"]["grid3d"]
-    points = grid.make_grid(args.iou_thresholds or section["iou_thresholds"], args.projections or section["projections"],
+    points = grid.make_grid(args.iou_thresholds or section["iou_thresholds"],
+                            args.projections or section["projections"],
                             args.box_extensions or section["box_extensions"])
     starts, seeds = args.starts or config["interactive"]["starts3d"], config["interactive"]["seeds"]
     min_px = config["interactive"]["min_object_px"]
@@ -130,7 +132,8 @@ def run_eval3d(args) -> int:
     with_oracle = section["oracle"] and not args.grid_only
     frames = [grid.evaluate_split(predictor, cache, store, val_cases, "val", points, starts, seeds, args.model, min_px)]
     if with_oracle:
-        frames.append(grid.evaluate_split(predictor, cache, store, test_cases, "test", points, starts, seeds, args.model, min_px))
+        frames.append(grid.evaluate_split(predictor, cache, store, test_cases, "test", points, starts, seeds,
+                                          args.model, min_px))
     table = pd.concat(frames, ignore_index=True)
     write_tsv(table, out / "grid.tsv")
     if args.grid_only:

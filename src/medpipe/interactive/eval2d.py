@@ -28,8 +28,8 @@ from medpipe import prompts
 from medpipe.interactive.embeddings import case_embeddings, slice_embeddings, slice_entry
 from medpipe.interactive.objects import MIN_OBJECT_PX, Obj, connected_objects, objects_per_slice
 from medpipe.interactive.predictor import BatchedPredictor
-from medpipe.tables import COLUMNS_2D, KEYS_2D, check_complete
 from medpipe.metrics import dice
+from medpipe.tables import COLUMNS_2D, KEYS_2D, check_complete
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def evaluate_dataset(
     """
     rows, expected = [], []
     for case_id in tqdm(case_ids, desc=f"2D {model}/{store.name}", unit="case"):
-        for image_id, embedding, original_size, objects in images_of_case(predictor, cache, store, case_id, min_object_px):
+        for image_id, embedding, original_size, objects in images_of_case(predictor, cache, store, case_id,
+                                                                          min_object_px):
             for seed in seeds:
                 for start in starts:
                     for masks in masks_settings:

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medpipe.metrics import hierarchical_mean
 from medpipe.interactive.embeddings import case_embeddings
 from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
 from medpipe.interactive.propagate3d import GridPoint, first_slice_prompts, predict_slice, score_grid
+from medpipe.metrics import hierarchical_mean
 from medpipe.tables import COLUMNS_3D, GRID, MissingResultError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ SELECTED_LABEL = "validation-selected setting"
 
 def make_grid(iou_thresholds, projections, box_extensions) -> list[GridPoint]:
     """All combinations, in a fixed order (threshold, then projection, then extension)."""
-    return [GridPoint(float(t), str(p), float(e)) for t, p, e in itertools.product(iou_thresholds, projections, box_extensions)]
+    return [GridPoint(float(t), str(p), float(e))
+            for t, p, e in itertools.product(iou_thresholds, projections, box_extensions)]
 
 
 def volume_rng(seed: int, case_id: str, class_id: int, index: int, start: str) -> np.random.Generator:
@@ -53,7 +54,8 @@ def evaluate_volume(predictor, embeddings, original_size, label, classes, grid, 
         for start in starts:
             for seed in seeds:
                 rng = volume_rng(seed, meta["case"], obj.class_id, obj.index, start)
-                first = predict_slice(predictor, embeddings[z], original_size, first_slice_prompts(obj.mask[z], start, rng))
+                first = predict_slice(predictor, embeddings[z], original_size,
+                                      first_slice_prompts(obj.mask[z], start, rng))
                 scores = score_grid(predictor, embeddings, original_size, first, z, grid, obj.mask)
                 for point, (score, n_slices) in zip(grid, scores):
                     rows.append({**meta, "class_id": obj.class_id, "class": obj.class_name, "object": obj.index,

@@ -63,7 +63,8 @@ def connected_objects(label: np.ndarray, classes: dict[int, str], min_size: int 
 
 
 
-def objects_per_slice(label3d: np.ndarray, classes: dict[int, str], min_size: int = MIN_OBJECT_PX) -> dict[int, list[Obj]]:
+def objects_per_slice(label3d: np.ndarray, classes: dict[int, str],
+                      min_size: int = MIN_OBJECT_PX) -> dict[int, list[Obj]]:
     """The 2D objects of each slice of a volume that has any (a 3D dataset "split into separate images")."""
     per_slice = {}
     for z in np.flatnonzero(np.asarray(label3d).reshape(len(label3d), -1).any(axis=1)):
@@ -97,7 +98,8 @@ def ring(mask: np.ndarray, width: int = RING_WIDTH_PX) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=width) & ~mask
 
 
-def ring_point_prompt(mask: np.ndarray, rng: np.random.Generator, width: int = RING_WIDTH_PX) -> tuple[np.ndarray, np.ndarray]:
+def ring_point_prompt(mask: np.ndarray, rng: np.random.Generator,
+                      width: int = RING_WIDTH_PX) -> tuple[np.ndarray, np.ndarray]:
     """The 3D protocol's point start on a slice: one random positive inside, one negative in the ring.
 
     The negative comes from the ring of ``width`` px around the object; if the ring is empty

@@ -78,14 +78,16 @@ def evaluate_volume(predictor, image: np.ndarray, label: np.ndarray, classes: di
             for start in starts:
                 for seed in seeds:
                     rng = volume_rng(seed, meta["case"], obj.class_id, obj.index, start)
-                    seg = propagate_object(predictor, state, z, first_slice_prompts(obj.mask[z], start, rng), label.shape)
+                    seg = propagate_object(predictor, state, z, first_slice_prompts(obj.mask[z], start, rng),
+                                           label.shape)
                     rows.append({**meta, "class_id": obj.class_id, "class": obj.class_name, "object": obj.index,
                                  "z_start": z, "start": start, "dice": dice(seg, obj.mask),
                                  "n_slices": int(seg.any(axis=(1, 2)).sum()), "seed": seed})
     return rows
 
 
-def evaluate_split(predictor, store, case_ids, split, starts, seeds, model, min_object_px=MIN_OBJECT_PX) -> pd.DataFrame:
+def evaluate_split(predictor, store, case_ids, split, starts, seeds, model,
+                   min_object_px=MIN_OBJECT_PX) -> pd.DataFrame:
     if store.ndim != 3:
         raise ValueError(f"{store.path}: the SAM2 baseline needs a 3D dataset, this one has ndim={store.ndim}")
     rows = []

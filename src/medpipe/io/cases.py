@@ -81,13 +81,15 @@ def discover_cases(dataset: str, spec: dict) -> tuple[list[CaseFiles], list[Quar
         image_text = ";".join(map(str, image_paths))
         label_text = ";".join(map(str, label_paths))
 
-        def refuse(problem: str) -> None:
+        def refuse(problem: str, case_id=case_id, image_text=image_text, label_text=label_text) -> None:
             rows.append(QuarantineRow(dataset, case_id, image_text, label_text, problem))
 
         if len(image_paths) > 1:
-            refuse(f"duplicate case id {case_id!r}: {len(image_paths)} image files ({', '.join(map(str, image_paths))})")
+            refuse(f"duplicate case id {case_id!r}: {len(image_paths)} image files "
+                   f"({', '.join(map(str, image_paths))})")
         elif len(label_paths) > 1:
-            refuse(f"duplicate case id {case_id!r}: {len(label_paths)} label files ({', '.join(map(str, label_paths))})")
+            refuse(f"duplicate case id {case_id!r}: {len(label_paths)} label files "
+                   f"({', '.join(map(str, label_paths))})")
         elif not label_paths:
             refuse(f"{image_text}: image without label (no file of the labels glob has case id {case_id!r})")
         elif not image_paths:

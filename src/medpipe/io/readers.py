@@ -87,8 +87,8 @@ def read_image(path: str | Path, chunks: tuple[int, ...] | None = None):
     """Open ``path`` and return ``(array, ImageMeta)``.
 
     ``chunks`` (array axis order; None or -1 = the whole axis) sets the block shape of the lazy
-    array returned for NIfTI volumes; the default is slabs of 32 whole z slices, which are contiguous on disk. A folder is
-    read as one DICOM series. An unknown extension raises :class:`ReadError` naming the file.
+    array returned for NIfTI volumes; the default is slabs of 32 whole z slices, which are contiguous on disk.
+    A folder is read as one DICOM series. An unknown extension raises :class:`ReadError` naming the file.
     """
     path = Path(path)
     if path.is_dir():
@@ -257,7 +257,8 @@ def _from_itk(image, path: Path, squeeze_single_slice: bool):
     if dim not in (2, 3):
         raise ReadError(f"{path}: {dim}D image is not supported")
     orientation = _itk_orientation(image) if dim == 3 else None
-    meta = ImageMeta(shape=tuple(array.shape), dtype=array.dtype, spacing=spacing, orientation=orientation, colour=colour)
+    meta = ImageMeta(shape=tuple(array.shape), dtype=array.dtype, spacing=spacing, orientation=orientation,
+                     colour=colour)
     return array, meta
 
 

@@ -119,7 +119,8 @@ def convert_to_raw(store: DatasetStore, split: dict[str, list[str]], raw_root, d
         label = store.label(case_id)
         if label.max(initial=0) > max(mapping):
             raise NnUNetError(f"{store.path}: case {case_id} has label {label.max()} not among classes {store.classes}")
-        _write_nifti(lut[label], store.info(case_id).spacing[: store.ndim], folder / "labelsTr" / f"{case_id}{FILE_ENDING}")
+        _write_nifti(lut[label], store.info(case_id).spacing[: store.ndim],
+                     folder / "labelsTr" / f"{case_id}{FILE_ENDING}")
     for case_id in split["test"]:
         _write_case(store, case_id, folder / "imagesTs", len(channels))
     labels = {"background": 0, **{store.classes[ours]: theirs for ours, theirs in mapping.items()}}
@@ -204,7 +205,8 @@ def train(dataset_id: int, configuration: str, plans_identifier: str, schedule: 
     return Path(trainer.output_folder_base)
 
 
-def predict(model_folder, image_files: dict[str, list[Path]], out_folder, device, use_mirroring: bool) -> dict[str, Path]:
+def predict(model_folder, image_files: dict[str, list[Path]], out_folder, device,
+            use_mirroring: bool) -> dict[str, Path]:
     """Predict every case (``case_id -> channel files``) without worker pools; returns the files."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -239,7 +241,8 @@ def read_prediction(path, ndim: int, mapping: dict[int, int]) -> np.ndarray:
     return inverse[array]
 
 
-def run_nnunet(store: DatasetStore, split: dict, settings: dict, work_dir, seed: int, device: str) -> dict[str, np.ndarray]:
+def run_nnunet(store: DatasetStore, split: dict, settings: dict, work_dir, seed: int,
+               device: str) -> dict[str, np.ndarray]:
     """The whole nnU-Net pipeline for one dataset; returns test predictions by case id."""
     configure_environment(work_dir)
     raw = convert_to_raw(store, split, Path(work_dir) / "raw")

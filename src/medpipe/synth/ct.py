@@ -49,10 +49,12 @@ def _organs(p: dict, rng: np.random.Generator, shape: tuple[int, int, int]) -> n
     oz = nz * rng.normal(0, 0.02)
     label = np.zeros(shape, np.uint8)
     lz, ly, lx = p["liver"]
-    liver = ellipsoid3d(shape, (0.55 * nz + oz, 0.42 * ny + oy, 0.32 * nx + ox), (0.42 * nz * lz, 0.2 * ny * ly, 0.19 * nx * lx), 0.5)
+    liver = ellipsoid3d(shape, (0.55 * nz + oz, 0.42 * ny + oy, 0.32 * nx + ox),
+                        (0.42 * nz * lz, 0.2 * ny * ly, 0.19 * nx * lx), 0.5)
     label[liver] = LIVER
     sp = p["spleen"]
-    spleen = ellipsoid3d(shape, (0.6 * nz + oz, 0.52 * ny + oy, 0.76 * nx + ox), (0.25 * nz * sp, 0.12 * ny * sp, 0.06 * nx * sp), -0.6)
+    spleen = ellipsoid3d(shape, (0.6 * nz + oz, 0.52 * ny + oy, 0.76 * nx + ox),
+                         (0.25 * nz * sp, 0.12 * ny * sp, 0.06 * nx * sp), -0.6)
     label[spleen] = SPLEEN
     k = p["kidney"]
     radii = (0.22 * nz * k, 0.085 * ny * k, 0.055 * nx * k)

@@ -73,7 +73,8 @@ def _satellites(label: np.ndarray, lesion: np.ndarray, rng: np.random.Generator,
         if size_range is None:
             mask = place(rng, regular, ~lesion, taken | lesion, gap=2)
         else:
-            mask = place(rng, small_object_proposer(ring, size_range), ~lesion, taken | lesion, gap=2, size_range=size_range)
+            mask = place(rng, small_object_proposer(ring, size_range), ~lesion, taken | lesion, gap=2,
+                         size_range=size_range)
         if mask is not None:
             label[mask] = SATELLITE
             taken |= mask

@@ -19,7 +19,8 @@ from .shapes import image_rng, patient_rng
 
 log = logging.getLogger(__name__)
 
-KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (xray.SPEC, dermoscopy.SPEC, ultrasound.SPEC, ct.SPEC, mri.SPEC)}
+KINDS: dict[str, KindSpec] = {spec.name: spec
+                              for spec in (xray.SPEC, dermoscopy.SPEC, ultrasound.SPEC, ct.SPEC, mri.SPEC)}
 MANIFEST = "manifest.json"
 
 
@@ -38,7 +39,8 @@ def resolve_size(spec: KindSpec, size: list[int] | tuple[int, ...] | None) -> tu
         return spec.default_size
     size = tuple(int(s) for s in size)
     if len(size) != spec.ndim:
-        raise SynthError(f"--size for kind {spec.name!r} needs {spec.ndim} values ({'Z Y X' if spec.ndim == 3 else 'Y X'}), got {list(size)}")
+        raise SynthError(f"--size for kind {spec.name!r} needs {spec.ndim} values "
+                         f"({'Z Y X' if spec.ndim == 3 else 'Y X'}), got {list(size)}")
     if any(s < m for s, m in zip(size, spec.min_size)):
         raise SynthError(f"--size {list(size)} is too small for kind {spec.name!r}: minimum is {list(spec.min_size)}")
     return size
@@ -53,7 +55,8 @@ def render_case(spec: KindSpec, seed: int, patient: int, idx: int, size: tuple[i
 def encode(spec: KindSpec, sample: Sample) -> tuple[bytes, bytes]:
     """File bytes of image and label in the kind's formats."""
     if spec.ndim == 3:
-        return writers.nifti_gz_bytes(sample.image, sample.spacing), writers.nifti_gz_bytes(sample.label, sample.spacing)
+        return (writers.nifti_gz_bytes(sample.image, sample.spacing),
+                writers.nifti_gz_bytes(sample.label, sample.spacing))
     image = writers.jpeg_bytes(sample.image) if spec.image_ext == ".jpg" else writers.png_bytes(sample.image)
     return image, writers.png_bytes(sample.label)
 
@@ -84,13 +87,15 @@ def generate_dataset(
     if kind not in KINDS:
         raise SynthError(f"unknown kind {kind!r}; choose one of {sorted(KINDS)}")
     if seed < 0 or patients < 1 or images_per_patient < 1:
-        raise SynthError(f"need seed >= 0, patients >= 1, images per patient >= 1; got {seed}, {patients}, {images_per_patient}")
+        raise SynthError(f"need seed >= 0, patients >= 1, images per patient >= 1; "
+                         f"got {seed}, {patients}, {images_per_patient}")
     spec = KINDS[kind]
     size = resolve_size(spec, size)
     out = Path(out)
     cases = [(p, i, case_id(p, i)) for p in range(patients) for i in range(images_per_patient)]
     files = [
-        {"case": cid, "patient": f"p{p:03d}", "image": f"images/{spec.image_name(cid)}", "label": f"labels/{spec.label_name(cid)}"}
+        {"case": cid, "patient": f"p{p:03d}", "image": f"images/{spec.image_name(cid)}",
+         "label": f"labels/{spec.label_name(cid)}"}
         for p, i, cid in cases
     ]
     _check_stale(out, {f[k] for f in files for k in ("image", "label")})

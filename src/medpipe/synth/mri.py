@@ -50,8 +50,8 @@ def bias_field(coeffs: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def _structures(
     p: dict, rng: np.random.Generator, shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Prostate label (and the gland centre) with lesions: one regular lesion in the peripheral zone, one tiny, sometimes
-    one below the size filter, and sometimes a lesion reaching the gland's edge."""
+    """Prostate label (and the gland centre) with lesions: one regular lesion in the peripheral zone, one tiny,
+    sometimes one below the size filter, and sometimes a lesion reaching the gland's edge."""
     nz, ny, nx = shape
     oy = ny * (p["offset"][0] + rng.normal(0, 0.01))
     ox = nx * (p["offset"][1] + rng.normal(0, 0.01))

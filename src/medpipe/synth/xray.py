@@ -109,7 +109,8 @@ def render(p: dict, rng: np.random.Generator, size: tuple[int, ...]) -> Sample:
     label = _anatomy(p, rng, shape)
     _nodules(label, rng)
 
-    body = ellipse2d(shape, (h * (0.55 + p["offset"][0]), w * (0.5 + p["offset"][1])), (0.55 * h, 0.47 * w * p["scale"]))
+    body = ellipse2d(shape, (h * (0.55 + p["offset"][0]), w * (0.5 + p["offset"][1])),
+                     (0.55 * h, 0.47 * w * p["scale"]))
     att = np.full(shape, 2500.0)
     att[body] = 27000.0
     att[label == LUNG] = 9000.0
