@@ -37,11 +37,11 @@ def _sync(device):
 
 
 def methods(model_type: str, size: dict, device: str):
-    from medpipe.models.sam import build_sam
     from medpipe.models.ma_sam import build_ma_sam
-    from medpipe.semantic.methods import TorchMethod
+    from medpipe.models.sam import build_sam
     from medpipe.models.sam_unetr import build_sam_unetr
     from medpipe.models.swin_unetr import build_swin_unetr
+    from medpipe.semantic.methods import TorchMethod
 
     n_classes = 3
     unetr = build_sam_unetr(build_sam(model_type), n_classes)

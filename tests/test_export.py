@@ -10,9 +10,9 @@ from segment_anything import sam_model_registry
 
 from medpipe import export as E
 from medpipe.cli import main
-from medpipe.models.sem_decoder import decoder_for, load_decoder
 from medpipe.finetune.trainer import FinetuneModel
 from medpipe.models.sam import build_sam
+from medpipe.models.sem_decoder import decoder_for, load_decoder
 
 
 def _training_ckpt(path, model, prefix="", **extra):

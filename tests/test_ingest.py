@@ -299,9 +299,9 @@ def test_volume_is_read_chunk_wise_never_whole(dataset_3d, monkeypatch):
 
 
 def test_dicom_series_folders_ingest_with_nifti_labels(tmp_path, monkeypatch):
-    from test_readers import make_ct_series
-
     from medpipe.files import sha256_of
+
+    from test_readers import make_ct_series
 
     monkeypatch.chdir(tmp_path)
     source = make_ct_series(tmp_path / "dicom/pat1_ct", n_slices=3)

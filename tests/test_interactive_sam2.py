@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from interactive_fixtures import volume_3d, write_splits, write_store
 from medpipe.cli import main
 from medpipe.interactive import sam2_baseline
 from medpipe.interactive.objects import connected_objects, start_slice
+
+from interactive_fixtures import volume_3d, write_splits, write_store
 
 
 class FakeVideoPredictor:

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from medpipe.models.sem_decoder import decoder_for, save_decoder
-from medpipe.models.sam import build_sam
 from medpipe.models.ma_sam import Adapter3D, blockwise_predict, build_ma_sam
 from medpipe.models.posemb import interpolate_abs_pos, interpolate_rel_pos, resize_encoder
+from medpipe.models.sam import build_sam
 from medpipe.models.sam_unetr import build_sam_unetr
+from medpipe.models.sem_decoder import decoder_for, save_decoder
 from medpipe.models.swin_unetr import build_swin_unetr, sliding_window_logits
 
 

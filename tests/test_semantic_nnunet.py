@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from semantic_fixtures import make_semantic_data, write_semantic_config
-
 from medpipe.semantic.data import read_split
 from medpipe.semantic.nnunet import (
     FLAT_Z_SPACING,
@@ -24,6 +22,8 @@ from medpipe.semantic.nnunet import (
     write_splits_final,
 )
 from medpipe.store import DatasetStore
+
+from semantic_fixtures import make_semantic_data, write_semantic_config
 
 
 @pytest.fixture(scope="module")

@@ -92,10 +92,10 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
 
 
 def test_resume_refuses_changed_objective(tmp_path):
-    from finetune_fixtures import tiny_settings
-
     from medpipe.finetune.command import store_map
     from medpipe.finetune.trainer import train
+
+    from finetune_fixtures import tiny_settings
 
     table, stores = make_corpus(tmp_path)
     settings = tiny_settings(iterations=1, n_steps=0, val_batches=1, e_sem=False)
@@ -109,11 +109,12 @@ def test_resume_refuses_changed_objective(tmp_path):
 
 
 def test_samples_do_not_depend_on_loader_workers(tmp_path):
-    from finetune_fixtures import tiny_settings
     from torch.utils.data import DataLoader
 
     from medpipe.finetune.command import store_map
     from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
+
+    from finetune_fixtures import tiny_settings
 
     table, stores = make_corpus(tmp_path)
     paths = store_map(stores)

@@ -32,8 +32,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
 from medpipe.files import sha256_of
+from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.io.readers import ImageMeta, ReadError, read_image
 from medpipe.store import StoreWriter

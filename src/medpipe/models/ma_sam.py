@@ -17,8 +17,8 @@ import copy
 import torch
 from torch import nn
 
-from medpipe.models.sem_decoder import decoder_for
 from medpipe.models.posemb import resize_encoder
+from medpipe.models.sem_decoder import decoder_for
 
 
 class Adapter3D(nn.Module):

@@ -12,8 +12,8 @@ import logging
 import torch
 from torch import nn
 
-from medpipe.models.sem_decoder import SemanticDecoder, decoder_for, load_decoder
 from medpipe.models.posemb import resize_encoder
+from medpipe.models.sem_decoder import SemanticDecoder, decoder_for, load_decoder
 
 log = logging.getLogger(__name__)
 

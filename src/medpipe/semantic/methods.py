@@ -16,8 +16,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medpipe.models.ma_sam import blockwise_predict
-from medpipe.semantic.preprocess import channels_first, labels_to_sam, restore_logits, to_sam_batch
 from medpipe.models.swin_unetr import sliding_window_logits
+from medpipe.semantic.preprocess import channels_first, labels_to_sam, restore_logits, to_sam_batch
 
 
 @dataclass

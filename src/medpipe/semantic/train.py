@@ -30,7 +30,7 @@ class TrainSettings:
     plateau_factor: float = 0.5
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainSettings":
+    def from_dict(cls, values: dict) -> TrainSettings:
         return cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
 
 
