@@ -20,9 +20,10 @@ import nibabel as nib
 import numpy as np
 from skimage import draw
 
-from layouts.expected import Entry, Expected
 from medpipe.synth.shapes import blob2d, ellipse2d, ellipsoid3d, random_harmonics, smooth_field
 from medpipe.synth.writers import JPEG_QUALITY, atomic_write_bytes
+
+from layouts.expected import Entry, Expected
 
 __all__ = [
     "Tree", "affine_diag", "blob", "box", "check_defects", "ellipse", "ellipsoid", "grey_image", "polygon",

@@ -26,7 +26,7 @@ DEFECTS = {
 }
 TOP = "Teeth Segmentation PNG"
 SHAPE = (32, 64)
-PALETTE = ["#%02X%02X%02X" % (40 + 6 * k, 200 - 5 * k, 120) for k in range(1, 33)]
+PALETTE = [f"#{40 + 6 * k:02X}{200 - 5 * k:02X}{120:02X}" for k in range(1, 33)]
 
 
 def _teeth(r: np.random.Generator, missing: set[int]) -> tuple[np.ndarray, list[tuple[int, list]]]:

@@ -3,8 +3,9 @@
 (notes: toothfairy.md).
 
 Every patient folder uses the same file names (ids from the folder). P3 has only sparse labels:
-an image without label, quarantined (CONTRACT.md: nothing is dropped silently). The inferior alveolar canals are two tubes
-(left, right; both value 1) running along Y. NumPy files carry no spacing (config gives it).
+an image without label, quarantined (CONTRACT.md: nothing is dropped silently). The inferior
+alveolar canals are two tubes (left, right; both value 1) running along Y. NumPy files carry no
+spacing (stored as 1.0).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def make(root: str | Path, seed: int = 0, defects=()) -> object:
                                     files=(f"{BASE}/{patient}/data.npy", f"{BASE}/{patient}/gt_alpha.npy")))
         else:
             entry.quarantined.append(Problem(patient, "unpaired_image", f"{BASE}/{patient}/data.npy"))
-    t.json("ToothFairy_Dataset/splits.json", {"training": ["P1"], "validation": ["P2"], "test": [], "synthetic": ["P3"]})
+    t.json("ToothFairy_Dataset/splits.json",
+           {"training": ["P1"], "validation": ["P2"], "test": [], "synthetic": ["P3"]})
     t.text("ToothFairy_Dataset/README.md", "ToothFairy dataset (miniature)\n")
     if "data_missing" in defects:
         t.remove(f"{BASE}/P2/data.npy")
