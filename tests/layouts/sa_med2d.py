@@ -48,14 +48,20 @@ IMAGES = [
     ("mr_cmr--ACDC--patient002_frame01--x_0005", False, ["0003_000"]),  # alone -> kept
     ("mr_00--BraTS2021--BraTS2021_00000--z_0077", False, ["0003_000", "0002_000", "0001_000"]),  # nested
     ("pet_00--autoPET--PETCT_0af7ffe12a--z_0101", False, ["0001_001", "0001_000"]),
+    ("pet_00--autoPET--PETCT_0af7ffe12a--z_0102", False, ["0001_000"]),
     ("x_ray--Pulmonary_Chest_X-Ray_Abnormalities_seg--MCUCXR_0001_0--x_0000", False,
      ["0002_000", "0001_000", "0000_000"]),                          # 0002_000 has another shape -> skipped
+    ("x_ray--covid_19_ct_cxr--cxr_0005--x_0000", False, ["0001_000", "0000_000"]),
     ("x_ray--crass--CHNCXR_0001_0--x_0000", False, ["0000_000"]),    # constant image -> dropped
     ("x_ray--crass--CHNCXR_0002_0--x_0000", False, ["0000_000"]),    # only mask has another shape -> dropped
     ("ultrasound_00--breast_ultrasound_images_dataset--benign_1--x_0000", False, ["0000_000"]),
+    ("ultrasound_00--breast_ultrasound_images_dataset--malignant_3--x_0000", False, ["0000_001", "0000_000"]),
     ("endoscopy_00--kvasir_seg--cju0qkwl35piu0993l0dewei2--x_0000", True, ["0000_000"]),
+    ("endoscopy_00--EndoVis_2017_RIS--instrument_dataset_1_frame000--x_0000", True, ["0002_000", "0001_000"]),
     ("fundus_photography--ichallenge_adam_task2--A0001--x_0000", True, ["0000_000"]),   # inverted mask
+    ("fundus_photography--gamma--0001--x_0000", True, ["0002_000", "0001_000"]),       # cup painted over disc
     ("dermoscopy_00--isic2018_task1--ISIC_0000000--x_0000", True, ["0000_000"]),
+    ("dermoscopy_00--isic2016_task1--ISIC_0000001--x_0000", True, ["0000_000"]),
 ]
 WRONG_SHAPE = {("x_ray--Pulmonary_Chest_X-Ray_Abnormalities_seg--MCUCXR_0001_0--x_0000", "0002_000"),
                ("x_ray--crass--CHNCXR_0002_0--x_0000", "0000_000")}
@@ -80,7 +86,11 @@ def _masks(t: Tree, stem: str, suffixes: list[str]) -> dict[str, np.ndarray]:
     if "BraTS" in stem:
         return {"0001_000": blob(r, SIZE, (12, 12), 8), "0002_000": blob(r, SIZE, (12, 13), 5),
                 "0003_000": ellipse(SIZE, (12, 13), (2, 2))}
-    if "MCUCXR" in stem:
+    if "gamma" in stem:
+        return {"0001_000": ellipse(SIZE, (12, 12), (6, 5)), "0002_000": ellipse(SIZE, (12, 12.5), (3, 2.5))}
+    if "EndoVis" in stem:                                               # two instruments touching at the tips
+        return {"0001_000": box(SIZE, (4, 0), (8, 13)), "0002_000": box(SIZE, (8, 11), (12, SIZE[1]))}
+    if "MCUCXR" in stem or "cxr_0005" in stem:
         return {"0000_000": ellipse(SIZE, (12, 6), (8, 4)), "0001_000": ellipse(SIZE, (12, 17), (8, 4)),
                 "0002_000": np.ones((h + 2, w), bool)}
     if "CHNCXR_0002" in stem:
