@@ -3,7 +3,7 @@
 
 Mask names (``_MASK_<k>_``) are inferred, not attested. The MLO view of P_00001 has two masses
 (two mask files, merged by union -> 1); a Calc view sits outside the Mass glob. Case id = view
-(``Mass-Test_P_00001_LEFT_CC``), patient ``P_00001``, publisher split pinned (Train -> train).
+(``Mass-Test_P_00001_LEFT_CC``), patient ``P_00001``, publisher split in ``Case.split`` (Train -> train).
 """
 
 from __future__ import annotations

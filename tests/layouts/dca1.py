@@ -1,8 +1,8 @@
 """DCA1 coronary angiograms: one flat folder ``Database_134_Angiograms/<n>.pgm`` + ``<n>_gt.pgm``
 (vessel 255) (notes: dca1.md).
 
-Names 1, 2, 10 make natural and lexical order differ; the image glob ``*.pgm`` also matches the
-``_gt`` files (the entry excludes them). Vessels are a branching tree of thin lines.
+Names 1, 2, 10 make natural and lexical order differ; a glob ``*.pgm`` would also match the ``_gt``
+files (the contract's image glob is ``*[0-9].pgm``). Vessels are a branching tree of thin lines.
 """
 
 from __future__ import annotations

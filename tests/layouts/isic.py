@@ -2,7 +2,7 @@
 ``ISIC2018_Task1_{...}_GroundTruth/ISIC_nnnnnnn_segmentation.png`` (0/255), plus
 ``ATTRIBUTION.txt`` / ``LICENSE.txt`` in every folder (notes: isic.md).
 
-Case ``ISIC_nnnnnnn``; the publisher split is pinned from the folder word.
+Case ``ISIC_nnnnnnn``; the publisher split (folder word) is recorded in ``Case.split``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 ``masksX<rest>.mha`` labels (notes: leg_3d_us.md; sub-folder and file names unverified).
 
 Raw label values 100 soleus, 150 gastrocnemius medialis, 200 gastrocnemius lateralis, plus other
-values (here 50) that become background (``label_map`` + ``label_map_other: background``).
+values (here 50) that become background (``label_map {100: 1, 150: 2, 200: 3, other: 0}``).
 Geometry (spacing, non-zero origin) must be kept. Case ``{subject}_{rest}`` (= ``s01__1``),
-patient = subject folder, publisher split pinned.
+patient = subject folder, publisher split in ``Case.split``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 (notes: microusp.md).
 
 Case id ``<split>_<nn>`` (the number repeats across train and test); the publisher split is
-pinned; non-expert / clinician annotations must not be picked up. One expert mask stores the
-prostate as 255 (``label_map: {nonzero: 1}``).
+recorded in ``Case.split``; non-expert / clinician annotations must not be picked up. One expert
+mask stores the prostate as 255 (``label_map: {other: 1}``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CASES = (("train", "01", 1), ("train", "02", 255), ("test", "01", 1))
 def make(root: str | Path, seed: int = 0, defects=()) -> object:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
-    entry = Entry("microusp", 3, {1: "prostate"}, notes="nonzero -> 1; split from the folder")
+    entry = Entry("microusp", 3, {1: "prostate"}, notes="other -> 1; publisher split in Case.split")
     affine = affine_diag(SPACING_IJK)
     for split, nn, value in CASES:
         r = t.rng(split, nn)

@@ -3,7 +3,7 @@
 
 File names are NOT verified (torch-em globs ``*`` and pairs by position); assumed here: image and
 mask share the stem ``<lesion>_<light>_frame<nnnn>.png``, masks 0/255 single channel. Case id =
-``{split}_{stem}``; the publisher split is pinned (``validation`` -> val).
+``{split}_{stem}``; the publisher split (``validation`` -> val) is recorded in ``Case.split``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """SEG.A. 2023 aortic vessel trees (AVT): ``{KiTS,Rider,Dongyang}/<case>/<case>.nrrd`` CT and
 ``<case>.seg.nrrd`` Slicer segmentation (notes: sega.md).
 
-The image glob ``*/*/*.nrrd`` also matches the ``.seg.nrrd`` labels (the entry excludes them). The
+A glob ``*/*/*.nrrd`` would also match the ``.seg.nrrd`` labels (the contract's image glob is
+``*/*/[KRD]*[0-9].nrrd``). The
 aorta descends along z and splits into the two iliac arteries in the lowest slices (one class).
 """
 
