@@ -1,5 +1,6 @@
-"""SPIDER lumbar spine MRI: ``data/images/<patient>_<t1|t2|t2_SPACE>.mha`` and ``data/masks/`` with
-the same names (notes: spider.md).
+"""SPIDER lumbar spine MRI: ``images/<patient>_<t1|t2|t2_SPACE>.mha`` and ``masks/`` with the same
+names, as Zenodo's images.zip and masks.zip unzip (torch-em puts them under its own ``data/``)
+(notes: spider.md).
 
 Sagittal volumes: few slices along ITK x. Raw mask values: vertebrae 1..25 (1 = L5, at the
 bottom), 100 spinal canal, 101..125 partially visible vertebrae, 201..225 discs. Expected labels
@@ -64,20 +65,20 @@ def make(root: str | Path, seed: int = 0, defects=()) -> object:
         image = grey_image(t.rng(series), tissue, {1: 900, 2: 1600, 3: 2200, 4: 400}, 150, 60, np.uint16, 0, 4095)
         spacing_xyz = (sx, SPACING_YZ[0], SPACING_YZ[1])
         origin = (-sx * nx / 2, -20.0, -10.0)
-        t.itk(f"data/images/{series}.mha", image, spacing_xyz, origin)
-        t.itk(f"data/masks/{series}.mha", raw, spacing_xyz, origin)
+        t.itk(f"images/{series}.mha", image, spacing_xyz, origin)
+        t.itk(f"masks/{series}.mha", raw, spacing_xyz, origin)
         raw_store = raw.transpose(2, 0, 1)
         entry.cases.append(Case(series, patient, _classes(raw_store), raw_store.shape,
                                 (sx, SPACING_YZ[1], SPACING_YZ[0]), image=image.transpose(2, 0, 1),
-                                files=(f"data/images/{series}.mha", f"data/masks/{series}.mha"),
+                                files=(f"images/{series}.mha", f"masks/{series}.mha"),
                                 attrs={"raw_label": raw_store}))
     if "unknown_value" in defects:
-        rel = "data/masks/2_t2.mha"
+        rel = "masks/2_t2.mha"
         raw = entry.case("2_t2").attrs["raw_label"].transpose(1, 2, 0).copy()
         raw[0, 0, 0] = 7000
         t.itk(rel, raw, (3.5, *SPACING_YZ), (-3.5 * 5 / 2, -20.0, -10.0))
         entry.quarantine("2_t2", "unknown_value", rel)
     if "mask_missing" in defects:
-        t.remove("data/masks/1_t1.mha")
-        entry.quarantine("1_t1", "unpaired_image", "data/images/1_t1.mha")
+        t.remove("masks/1_t1.mha")
+        entry.quarantine("1_t1", "unpaired_image", "images/1_t1.mha")
     return t.expected([entry], defects)
