@@ -401,7 +401,10 @@ def test_every_generator_has_defects_and_refuses_unknown_ones(tmp_path):
     for name, module in GENERATORS.items():
         assert len(module.DEFECTS) >= 2, name
     with pytest.raises(ValueError, match="unknown defects"):
-        GENERATORS["kits"].make(tmp_path, defects=("no_such_defect",))
+        GENERATORS["kits"].make(tmp_path / "a", defects=("no_such_defect",))
+    GENERATORS["dca1"].make(tmp_path / "b")
+    with pytest.raises(FileExistsError, match="empty folder"):
+        GENERATORS["dca1"].make(tmp_path / "b")
 
 
 def files_of(root: Path, case: Case) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, affine_diag, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "camus"
 FOLDER = "camus"
@@ -43,7 +43,7 @@ def _frame(t: int, n: int, view: str, atrium: bool) -> np.ndarray:
     return label
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("camus", 3, CLASSES, notes="half sequences as (T, Y, X); ED/ES files are not globbed")

@@ -127,6 +127,8 @@ class Tree:
         self.folder = folder
         self.seed = int(seed)
         self.root.mkdir(parents=True, exist_ok=True)
+        if any(self.root.iterdir()):     # leftovers of another run would blur what Expected describes
+            raise FileExistsError(f"{self.root}: a miniature needs an empty folder")
 
     def rng(self, *keys) -> np.random.Generator:
         """Generator for one file or object: independent of how many others are drawn."""

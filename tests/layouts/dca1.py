@@ -14,7 +14,7 @@ from scipy import ndimage
 from skimage import draw
 
 from layouts.common import Tree, check_defects, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "dca1"
 FOLDER = "dca1"
@@ -38,7 +38,7 @@ def _tree(r: np.random.Generator) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=1) if r.random() < 0.5 else mask | np.roll(mask, 1, axis=1)
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("dca1", 2, {1: "vessel"}, notes="255 -> 1")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "duke_liver"
 FOLDER = "duke_liver"
@@ -27,7 +27,7 @@ SLICE_STEP, PIXEL = 5.0, 1.5
 SERIES = (("0001", 3), ("0001", 5), ("0002", 4))
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("duke_liver", 3, {1: "liver"}, notes="DICOM series folders; image values = stored values")

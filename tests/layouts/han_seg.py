@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, ellipsoid, grey_image, tube
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "han_seg"
 FOLDER = "han-seg"
@@ -49,7 +49,7 @@ def _organs(r: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("han-seg", 3, CLASSES, notes="class per file by organ name; later sorted file wins overlaps")

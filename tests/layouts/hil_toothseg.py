@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, box, check_defects, grey_image
-from layouts.expected import Case, Entry, Problem
+from layouts.expected import Case, Entry, Expected, Problem
 
 NAME = "hil_toothseg"
 FOLDER = "hil_toothseg"
@@ -43,7 +43,7 @@ def _teeth(r: np.random.Generator, missing: set[int]) -> tuple[np.ndarray, list[
     return ids, objects
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("hil_toothseg", 2, {1: "tooth"}, notes="binary teeth; machine colours in attrs['tooth_ids']")

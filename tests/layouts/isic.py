@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, rgb_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "isic"
 FOLDER = "isic"
@@ -27,7 +27,7 @@ CASES = {"Training": ("ISIC_0000000", "ISIC_0000001"), "Validation": ("ISIC_0012
 SPLIT = {"Training": "train", "Validation": "val", "Test": "test"}
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("isic", 2, {1: "lesion"}, notes="255 -> 1; split from the folder")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "jnu_ifm"
 FOLDER = "jnu-ifm"
@@ -27,7 +27,7 @@ TOP = "Pubic Symphysis-Fetal Head Segmentation and Angle of Progression"
 SHAPE = (32, 32)
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("jnu-ifm", 2, {1: "pubic_symphysis", 2: "fetal_head"},

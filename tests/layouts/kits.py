@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipsoid, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "kits"
 FOLDER = "kits"
@@ -39,7 +39,7 @@ def _anatomy(r: np.random.Generator, n_tumours: int) -> dict[str, list[np.ndarra
     return {"kidney": kidneys, "tumor": tumours, "cyst": cysts}
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("kits", 3, {1: "tumor"}, axes="xyz",

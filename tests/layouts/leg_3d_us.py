@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipsoid, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "leg_3d_us"
 FOLDER = "leg_3d_us"
@@ -28,7 +28,7 @@ SPACING_XYZ = (0.2, 0.2, 0.3)
 CASES = (("train", "s01"), ("train", "s02"), ("val", "s03"), ("test", "s04"))
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("leg_3d_us", 3, {1: "soleus", 2: "gastrocnemius_medialis", 3: "gastrocnemius_lateralis"},

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "lgg_mri"
 FOLDER = "lgg_mri"
@@ -27,7 +27,7 @@ CASES = (("TCGA_CS_4941_19960909", 12), ("TCGA_DU_5849_19950405", 9), ("TCGA_HT_
 OFFSETS = (0, 40, 80)                          # pre-contrast, FLAIR, post-contrast
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("lgg_mri", 3, {1: "glioma"}, notes="stack by numeric slice index; FLAIR channel 1; 255 -> 1")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, box, check_defects, ellipse, rgb_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "m2caiseg"
 FOLDER = "m2caiseg"
@@ -53,7 +53,7 @@ def _scene(r: np.random.Generator, organs: tuple[int, ...], tool: int) -> np.nda
     return label
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("m2caiseg", 2, CLASSES, notes="RGB label colours -> ids; unlisted colours -> 0")

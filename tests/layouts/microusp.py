@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, affine_diag, check_defects, ellipsoid, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "microusp"
 FOLDER = "microusp"
@@ -30,7 +30,7 @@ SPACING_IJK = (0.033, 0.033, 0.5)
 CASES = (("train", "01", 1), ("train", "02", 255), ("test", "01", 1))
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("microusp", 3, {1: "prostate"}, notes="other -> 1; publisher split in Case.split")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "montgomery"
 FOLDER = "montgomery"
@@ -32,7 +32,7 @@ def _write_mask(t: Tree, rel: str, mask: np.ndarray, encoding: str) -> None:
         t.png(rel, mask.astype(np.uint8) * np.uint8(255 if encoding == "255" else 1))
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("montgomery", 2, {1: "lungs"}, notes="left and right masks both -> 1")

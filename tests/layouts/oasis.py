@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, affine_diag, check_defects, ellipsoid, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "oasis"
 FOLDER = "oasis"
@@ -39,7 +39,7 @@ def _brain(r: np.random.Generator) -> np.ndarray:
     return seg
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("oasis", 3, {1: "cortex", 2: "subcortical_gray_matter", 3: "white_matter", 4: "csf"},

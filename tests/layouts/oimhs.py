@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, box, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "oimhs"
 FOLDER = "oimhs"
@@ -58,7 +58,7 @@ def _scan(t: Tree, eye: str, n: str, width: int = 2 * HALF):
     return png[:, :HALF], stored
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("oimhs", 2, {1: "choroid", 2: "retina", 3: "intraretinal_cysts", 4: "macular_hole"},

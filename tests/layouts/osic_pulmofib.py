@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, grey_image, tube
-from layouts.expected import Case, Entry, Problem
+from layouts.expected import Case, Entry, Expected, Problem
 
 NAME = "osic_pulmofib"
 FOLDER = "osic_pulmofib"
@@ -45,7 +45,7 @@ def _organs(n: int) -> dict[str, np.ndarray]:
     return {"heart": heart, "lung": lungs, "trachea": trachea}
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("osic_pulmofib", 3, {1: "heart", 2: "lung", 3: "trachea"},

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, polygon, rgb_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "papila"
 FOLDER = "papila"
@@ -45,7 +45,7 @@ def _text(points: np.ndarray) -> str:
     return "".join(f"{x:.2f} {y:.2f}\n" for x, y in points)
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     disc_entry = Entry("papila_disc", 2, {1: "optic_disc"}, notes="expert 1 disc contours")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, rgb_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "piccolo"
 FOLDER = "piccolo"
@@ -29,7 +29,7 @@ STEMS = {"train": ("001_VP1_frame0001", "001_VP1_frame0002"), "validation": ("01
          "test": ("032_VP7_frame0100", "033_NBI_frame0007")}
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("piccolo", 2, {1: "polyp"}, notes="file names assumed; masks 255 -> 1; split from folder")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, box, check_defects, ellipse, grey_image, rgb_image
-from layouts.expected import Case, Entry, Problem
+from layouts.expected import Case, Entry, Expected, Problem
 
 NAME = "sa_med2d"
 FOLDER = "sa_med2d"
@@ -36,7 +36,7 @@ DEFECTS = {
 SIZE = (24, 24)
 BASE = "SAMed2Dv1"
 
-# Each image: name stem, colour?, its masks as (suffix, shape-builder key); order here = JSON order
+# Each image: name stem, colour?, its mask suffixes in JSON order
 # (deliberately not sorted). Builders are defined in _masks().
 IMAGES = [
     ("ct_00--AbdomenCT1K--Case_00001--z_0010", False,
@@ -126,7 +126,7 @@ def _merge(stem: str, masks: dict[str, np.ndarray]) -> tuple[np.ndarray, list[st
     return label, [names[int(old) - 1] for old in present]
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entries = {name: Entry(name, 2, {1: "object"}, label_kind="instances",

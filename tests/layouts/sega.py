@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, grey_image, tube
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "sega"
 FOLDER = "sega"
@@ -40,7 +40,7 @@ def _vessels(r: np.random.Generator) -> np.ndarray:
     return (aorta | left | right).astype(np.uint8)
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("sega", 3, {1: "aorta"}, notes="cohort = top folder; patient = case")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, affine_diag, check_defects, ellipsoid, grey_image, tube
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "segthy"
 FOLDER = "segthy"
@@ -30,7 +30,7 @@ CLASSES = {1: "thyroid", 2: "carotid_left", 3: "jugular_left", 4: "carotid_right
 SCANS = ("001_P1_1_left", "001_P2_1_right", "005_P1_1_left")
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("segthy", 3, CLASSES, notes="values 1..5 assumed (verify on real files)")

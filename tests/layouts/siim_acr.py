@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "siim_acr"
 FOLDER = "siim_acr"
@@ -28,7 +28,7 @@ FILES = (("0_train_0_", False), ("1_train_1_", True), ("0_test_1_", True), ("1_t
          ("2_test_1_", "all"), ("3_test_1_", True))
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("siim_acr", 2, {1: "pneumothorax"}, notes="positive test files; 255 -> 1")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, box, check_defects, grey_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "spider"
 FOLDER = "spider"
@@ -52,7 +52,7 @@ def _classes(raw: np.ndarray) -> np.ndarray:
     return label
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("spider", 3, {1: "vertebrae", 2: "spinal_canal", 3: "intervertebral_discs"}, axes="xzy",

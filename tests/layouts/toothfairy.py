@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, check_defects, ellipse, grey_image
-from layouts.expected import Case, Entry, Problem
+from layouts.expected import Case, Entry, Expected, Problem
 
 NAME = "toothfairy"
 FOLDER = "toothfairy"
@@ -39,7 +39,7 @@ def _canals(r: np.random.Generator) -> np.ndarray:
     return mask
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("toothfairy", 3, {1: "inferior_alveolar_canal"}, notes="npy (Z, Y, X); spacing from the config")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from layouts.common import Tree, blob, check_defects, rgb_image
-from layouts.expected import Case, Entry
+from layouts.expected import Case, Entry, Expected
 
 NAME = "uwaterloo_skin"
 FOLDER = "uwaterloo_skin"
@@ -36,7 +36,7 @@ def _folder(set_no: int, kind: str, source: str) -> str:
     return f"Skin Image Data Set-{set_no}/skin_data/{kind}/{source}"
 
 
-def make(root: str | Path, seed: int = 0, defects=()) -> object:
+def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     defects = check_defects(NAME, defects, DEFECTS)
     t = Tree(root, NAME, FOLDER, seed)
     entry = Entry("uwaterloo_skin", 2, {1: "lesion"})
