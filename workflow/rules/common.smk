@@ -7,7 +7,8 @@
 #   * params: every config value that decides what a job writes, as canonical JSON (`canonical`),
 #     so editing a config value reruns exactly the jobs that use it and reordering keys reruns
 #     nothing. Values that only decide how fast a job runs (gpus, mem_mb, runtime, cpus_per_task,
-#     interactive.threads, interactive.max_objects_per_call) are resources or not tracked.
+#     interactive.threads, interactive.max_objects_per_call) are resources or not tracked, and so are
+#     the guards that only decide whether a job may run (ingest.allow_empty, splits.max_missing).
 #   * shell: every path and config-derived value is shell-quoted (`{input:q}`, `{params.x:q}`; list
 #     values are quoted item by item), so any results_dir or checkpoint path works.
 #   * the jobs read the validated config from a snapshot (`config_snapshot`), a derived params value
@@ -88,6 +89,11 @@ wildcard_constraints:
 def canonical(value):
     """A config value as canonical JSON (sorted keys): a params value that changes only with the value."""
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def without_guards(section, *guards):
+    """A config section less the keys that only decide whether a job may run (not tracked as params)."""
+    return {key: value for key, value in section.items() if key not in guards}
 
 
 def config_snapshot(wildcards, input):
