@@ -17,6 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 BLOCK_BYTES = 4 * 1024 * 1024
+#: columns that hold names and ids in the project's tables: always read as text, because pandas
+#: would read a case, patient, dataset, model or class called ``NA``, ``null``, ``None`` or ``nan``
+#: as a missing value (and ``007`` as the number 7)
+TEXT_COLUMNS = frozenset({
+    "dataset", "case", "case_id", "patient_id", "modality", "split", "model", "class", "class_name", "start",
+    "masks", "projection", "result", "method", "backbone", "decoder_init", "setting", "setting_a", "setting_b",
+    "library", "version", "status", "base", "model_type", "sha256", "key", "value", "image", "label", "problem",
+})
 #: compound extensions kept at the end of a temporary name (writers choose the format by extension)
 _COMPOUND_EXTENSIONS = (".nii.gz", ".tar.gz")
 
@@ -66,6 +74,23 @@ def write_tsv(frame, path: str | os.PathLike, **to_csv) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, **to_csv)
     return Path(path)
+
+
+def read_tsv(path: str | os.PathLike, text_columns=TEXT_COLUMNS):
+    """Read a table written by :func:`write_tsv`: names and ids (``text_columns``) stay text.
+
+    Every reader of the project's TSV tables goes through here (split tables through
+    :func:`medpipe.splits.read_split_table`, which reads every column as text). In the other
+    columns an empty cell (how pandas writes NaN) or ``nan`` is a missing value; in text columns
+    nothing is, so a case named ``NA`` stays that case.
+    """
+    import pandas as pd
+
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    text = [column for column in header if column in text_columns]
+    missing = {column: ["", "nan", "NaN"] for column in header if column not in text_columns}
+    return pd.read_csv(path, sep="\t", dtype={column: str for column in text}, keep_default_na=False,
+                       na_values=missing)
 
 
 def save_torch(obj, path: str | os.PathLike) -> Path:
