@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,50 @@ def save_torch(obj, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
     return Path(path)
+
+
+class TorchFileError(ValueError):
+    """A torch file is missing, truncated or corrupt, or holds more than weights; names the file."""
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """One line for what went wrong in ``torch.load`` (its own messages run to a screen of advice)."""
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if refused:
+        return (f"refused: it holds more than tensors and plain values ({refused.group(1).strip()}); loading "
+                "it would run code stored in the file")
+    if isinstance(exc, PermissionError):
+        return f"not readable ({exc.strerror})"
+    detail = text.split(". ")[0].strip() or type(exc).__name__  # a cut zip: EINVAL, no central directory, EOF
+    return f"truncated or corrupt ({detail})"
+
+
+def load_torch(path: str | os.PathLike, *, map_location="cpu", numpy_scalars: bool = False):
+    """Read a torch file with ``weights_only=True``: the one ``torch.load`` of the project.
+
+    A checkpoint is a pickle; unpickled freely it can run any code it names. ``weights_only=True``
+    is passed explicitly, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot override (it only
+    changes the default). ``numpy_scalars`` also admits numpy scalars and dtypes (nnU-Net's
+    training log in its checkpoints), which rebuild values and never call anything else. Errors
+    name the file and the problem in one line (:class:`TorchFileError`).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise TorchFileError(f"{path}: file does not exist")
+    allowed = []
+    if numpy_scalars:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+        allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise TorchFileError(f"{path}: cannot be read as a weights-only torch file: {_why_unreadable(exc)}") from exc
 
 
 def _file_digest(path: Path) -> str:
