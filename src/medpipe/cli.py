@@ -139,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args._run(args) or 0)
+    from medpipe.config import ConfigError
+
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:  # any subcommand: the config's problems, one line each, no traceback
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ def sam2_config_path(name: str, trusted=()) -> Path:
     package = sam2_package_dir()
     if package is None:
         raise ValueError("the sam2 package is not installed (pip install sam2)")
+    package = package.resolve()
     folder = (package / "configs").resolve()
     path = (package / name).resolve()
     if path.suffix != ".yaml" or not path.is_relative_to(folder):

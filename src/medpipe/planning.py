@@ -10,13 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 
-from medpipe.config import datasets_with_role, resolved_yaml, validate_config, write_resolved
+from medpipe.config import (
+    ConfigError,
+    datasets_with_role,
+    read_config_file,
+    resolved_yaml,
+    validate_config,
+    write_resolved,
+)
 from medpipe.finetune.settings import resolve_run
 from medpipe.models.names import RANDOM_INIT, checkpoint_label
 from medpipe.models.specs import ModelSpec, model_specs
 
 __all__ = [
     "RANDOM_INIT",
+    "ConfigError",
     "ModelSpec",
     "checkpoint_label",
     "config_snapshot_path",
@@ -27,6 +35,7 @@ __all__ = [
     "finetune_model_type",
     "finetune_settings_json",
     "model_specs",
+    "read_config_file",
     "validate_config",
     "write_resolved",
 ]

@@ -25,7 +25,15 @@ from pathlib import PurePosixPath
 from medpipe import planning
 
 # -- the config --------------------------------------------------------------------------------
-planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
+# Checked before any rule exists: a key given twice in a config file (Snakemake's reader keeps the
+# last), then the validated config. A problem ends the run with one line per problem, naming the
+# file and the key; no traceback, no job.
+try:
+    for _path in workflow.configfiles:
+        planning.read_config_file(_path)
+    planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
+except planning.ConfigError as _error:
+    sys.exit(str(_error))
 
 R = str(PurePosixPath(config["results_dir"]))  # as medpipe spells paths under it (`results/`, `./results` -> `results`)
 # Jobs read this snapshot of the validated config, so command-line overrides reach them. It is
@@ -55,9 +63,6 @@ INTERACTIVE_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_n
 
 SEMANTIC = config["semantic"]
 BACKBONES = SEMANTIC["backbones"] if SEMANTIC["backbones"] is not None else list(config["models"]) + FINETUNE_RUNS
-for _name in BACKBONES:
-    if _name not in config["models"] and _name not in FINETUNE_RUNS:
-        raise ValueError(f"semantic.backbones: {_name!r} is neither a key of `models` nor of `finetune.runs`")
 SEMANTIC_TABLES = ["results", "class_summary", "seed_stats", "paired_tests"]
 SEMANTIC_FIGURES = {  # output name of semantic_aggregate -> file name
     "fig1d": "fig1d_semantic2d",
@@ -243,8 +248,10 @@ def dataset_roles(wildcards):
 
 
 def sam2_checkpoint(wildcards):
-    weights = SAM2_MODELS[wildcards.sam2].get("checkpoint")
-    return [weights] if weights else []
+    """The SAM2 model's weights and, for a config outside the sam2 package (trusted_sam2_configs), its file."""
+    spec = SAM2_MODELS[wildcards.sam2]
+    own_config = [spec["config"]] if spec["config"] in INTERACTIVE["trusted_sam2_configs"] else []
+    return ([spec["checkpoint"]] if spec.get("checkpoint") else []) + own_config
 
 
 def interactive_tables_2d():

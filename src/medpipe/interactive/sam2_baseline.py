@@ -102,6 +102,7 @@ def build_video_predictor(config_file: str, checkpoint: str | None, device: str,
     except ValueError as exc:
         raise Sam2ConfigError(f"interactive.sam2 config: {exc}") from exc
     config = OmegaConf.load(path)
+    check_targets(OmegaConf.to_container(config), path)  # as written, before any key is overridden
     for key, value in VIDEO_PREDICTOR_OVERRIDES.items():
         OmegaConf.update(config, key, value, force_add=True)
     OmegaConf.resolve(config)
