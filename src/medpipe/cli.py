@@ -100,12 +100,13 @@ def run_validate_config(args) -> int:
 
     import yaml
 
-    from medpipe.config import ConfigError, load_config
+    from medpipe.config import ConfigError, check_files, load_config
 
     try:
         config = load_config(args.config)
+        check_files(config, source=args.config)
     except ConfigError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 2
     print(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     return 0

@@ -231,20 +231,31 @@ def _references(config: dict) -> list[str]:
     reference = config["aggregate"]["reference_model"]
     if reference is not None and reference not in known:
         problems.append(f"aggregate.reference_model: {reference!r} is neither a key of models nor of finetune.runs")
-    for name, model in models.items():
-        if model.get("checkpoint") is not None and not Path(model["checkpoint"]).is_file():
-            problems.append(f"models.{name}.checkpoint: {model['checkpoint']!r} is not a file "
-                            f"(relative to {Path.cwd()}; null = random init)")
     interactive = config["interactive"]
     for name, model in interactive["sam2"].items():
         try:
             sam2_config_path(model["config"], interactive["trusted_sam2_configs"])
         except ValueError as exc:
             problems.append(f"interactive.sam2.{name}.config: {exc}")
-        if model.get("checkpoint") is not None and not Path(model["checkpoint"]).is_file():
-            problems.append(f"interactive.sam2.{name}.checkpoint: {model['checkpoint']!r} is not a file "
-                            f"(relative to {Path.cwd()}; null = random weights)")
     return problems
+
+
+def check_files(config: dict, source: str = "config") -> None:
+    """Every checkpoint file a validated config names must exist (``ConfigError``, one line each).
+
+    Run by ``medpipe validate-config`` and by the workflow before any job; not by each job's
+    :func:`load_config`, so a config can be read where the files are not (a laptop, a login node
+    with placeholder paths), and a job that needs a file names it when it opens it.
+    """
+    problems = []
+    for section, models, empty in (("models", config["models"], "random init"),
+                                   ("interactive.sam2", config["interactive"]["sam2"], "random weights")):
+        for name, model in models.items():
+            if model.get("checkpoint") is not None and not Path(model["checkpoint"]).is_file():
+                problems.append(f"{source}: {section}.{name}.checkpoint: {model['checkpoint']!r} is not a file "
+                                f"(relative to {Path.cwd()}; null = {empty})")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def validate_config(config: dict, source: str = "config") -> dict:

@@ -12,6 +12,7 @@ import json
 
 from medpipe.config import (
     ConfigError,
+    check_files,
     datasets_with_role,
     read_config_file,
     resolved_yaml,
@@ -26,6 +27,7 @@ __all__ = [
     "RANDOM_INIT",
     "ConfigError",
     "ModelSpec",
+    "check_files",
     "checkpoint_label",
     "config_snapshot_path",
     "datasets_with_role",

@@ -28,10 +28,12 @@ from medpipe import planning
 # Checked before any rule exists: a key given twice in a config file (Snakemake's reader keeps the
 # last), then the validated config. A problem ends the run with one line per problem, naming the
 # file and the key; no traceback, no job.
+_source = ", ".join(map(str, workflow.configfiles)) or "snakemake config"
 try:
     for _path in workflow.configfiles:
         planning.read_config_file(_path)
-    planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
+    planning.validate_config(config, source=_source)
+    planning.check_files(config, source=_source)
 except planning.ConfigError as _error:
     sys.exit(str(_error))
 
