@@ -186,6 +186,10 @@ def test_the_corpus_ledger_only_grows_and_guards_each_dataset(tmp_path):
         split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.0)
     split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.1)
     split_corpus([a], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.1)  # b taken out: no loss
+    store("b", [])  # b's store is empty (its ingest was allowed to be): every case of b is missing
+    with pytest.raises(MissingCasesError, match="10 of the 10 cases of dataset 'b'"):
+        split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.1)
+    store("b", CASES[:10])
     store("a", CASES[:20])
     again = split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger)
     pd.testing.assert_frame_equal(first, again)

@@ -205,8 +205,8 @@ def _ledger_rows(ledger: Path | None, seed: int, fractions: dict) -> tuple[pd.Da
 def check_missing(recorded: pd.DataFrame | None, cases: pd.DataFrame, max_missing: float, where) -> None:
     """Refuse a run in which a dataset lost more than ``max_missing`` of the cases ``recorded`` for it.
 
-    Only datasets present in ``cases`` (or, for a dataset split, recorded at all) are checked: a
-    dataset taken out of the config is a decision, a dataset whose files vanished is not.
+    Every dataset in ``recorded`` is checked; the corpus passes only the datasets it was given
+    stores of (a dataset taken out of the config is a decision, one whose files vanished is not).
     """
     if recorded is None or recorded.empty:
         return
@@ -280,8 +280,8 @@ def split_corpus(stores, dataset_splits, out, corpus: dict, seed: int, previous=
     fractions = corpus["fractions"]
     cases = pd.concat([cases_of_store(path) for path in stores], ignore_index=True)
     recorded, kept = _ledger_rows(ledger, seed, fractions)
-    if recorded is not None:  # a dataset taken out of the corpus is not "missing"
-        recorded = recorded[recorded["dataset"].isin(set(cases["dataset"]))]
+    if recorded is not None:  # a dataset taken out of the corpus is not "missing"; an empty store is
+        recorded = recorded[recorded["dataset"].isin({DatasetStore(path).name for path in stores})]
     check_missing(recorded, cases, max_missing, ledger)
     held_out = held_out_groups(dataset_splits)
     is_held = pd.Series([(d, p) in held_out for d, p in zip(cases["dataset"], cases["patient_id"])],
