@@ -197,7 +197,8 @@ def _ledger_rows(ledger: Path | None, seed: int, fractions: dict) -> tuple[pd.Da
     meta = read_table(ledger.with_suffix(".meta.tsv"))
     expected = {"seed": str(seed), **{k: str(float(v)) for k, v in _validate_fractions(fractions).items()}}
     if meta is None or dict(zip(meta["key"], meta["value"])) != expected:
-        log.warning("%s: seed or fractions changed; earlier assignments are not kept", ledger)
+        log.warning("%s: %s; earlier assignments are not kept", ledger,
+                    "seed or fractions changed" if meta is not None else "its .meta.tsv is missing")
         return table, None
     return table, table
 
