@@ -25,9 +25,9 @@ from pathlib import PurePosixPath
 from medpipe import planning
 
 # -- the config --------------------------------------------------------------------------------
-# Checked before any rule exists: a key given twice in a config file (Snakemake's reader keeps the
-# last), then the validated config. A problem ends the run with one line per problem, naming the
-# file and the key; no traceback, no job.
+# Checked before the rules are defined, in this order; a key given twice in a config file (Snakemake's
+# reader keeps the last), the config against the schema and itself, the checkpoint files it names.
+# A problem ends the run with one line per problem, naming the file and the key; no traceback, no job.
 _source = ", ".join(map(str, workflow.configfiles)) or "snakemake config"
 try:
     for _path in workflow.configfiles:
