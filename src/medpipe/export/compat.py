@@ -89,7 +89,7 @@ def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_o
         result["status"] = f"skipped: micro-sam has no {model_type} model type"
         return result
     if not weights_only_ok:
-        result["status"] = "skipped: the file is not a weights-only state dict (micro-sam would unpickle it freely)"
+        result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
         return result
     try:
         from micro_sam.util import get_sam_model
