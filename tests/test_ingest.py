@@ -217,19 +217,21 @@ def write_config(root, spec, name="ds"):
     return root / "config.yaml"
 
 
-def test_cli_all_cases_quarantined_writes_an_empty_complete_store(dataset_2d, caplog):
+def test_cli_all_cases_quarantined_fails_unless_allowed_then_writes_an_empty_complete_store(dataset_2d, caplog):
     root, spec = dataset_2d
     for path in (root / "labels").iterdir():
         iio.imwrite(path, np.zeros((24, 40), np.uint8))
     config = write_config(root, {**spec, "classes": {"1": "lung", "2": "heart"}})
+    args = ["ingest", "--config", str(config), "--dataset", "ds", "--out", "out/ds.zarr",
+            "--quarantine", "out/ds.quarantine.tsv"]
+    assert cli.main(args) == 2 and not (root / "out/ds.zarr").exists()  # tests/test_missing_cases.py
     with caplog.at_level(logging.WARNING):
-        code = cli.main(["ingest", "--config", str(config), "--dataset", "ds", "--out", "out/ds.zarr",
-                         "--quarantine", "out/ds.quarantine.tsv"])
+        code = cli.main([*args, "--allow-empty"])
     assert code == 0
     store = DatasetStore(root / "out/ds.zarr")
     assert store.case_ids == [] and store.classes == {1: "lung", 2: "heart"}
     assert len(read_quarantine(root / "out/ds.quarantine.tsv")) == 3
-    assert any("every case was quarantined" in r.getMessage() for r in caplog.records)
+    assert any("no case could be ingested" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_errors_on_globs_matching_nothing_and_unknown_dataset(dataset_2d):

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medpipe.splits import SplitError, assign_splits, fixed_from_table, select_variant
+from medpipe.splits import SplitError, assign_splits, fixed_from_table, select_variant, split_corpus
+from medpipe.store import StoreWriter
 
 
 def make_cases(n_patients_by_modality, cases_per_patient=3, dataset="d", start=0):
@@ -82,11 +83,74 @@ def test_hand_computed_greedy_assignment():
 def test_paper_variants_are_nested_and_sized():
     cases = make_cases({"ct": 40, "mri": 20}, cases_per_patient=1)
     table = assign_splits(cases, {"train": 0.9, "val": 0.1, "test": 0.0}, seed=0)
-    full = select_variant(table, {"train": 0.9, "val": 0.1}, seed=0)
-    p60 = select_variant(table, {"train": 0.5, "val": 0.1}, seed=0)
+    fractions = {"train": 0.9, "val": 0.1, "test": 0.0}
+    full = select_variant(table, {"train": 0.9, "val": 0.1}, seed=0, fractions=fractions)
+    p60 = select_variant(table, {"train": 0.5, "val": 0.1}, seed=0, fractions=fractions)
     assert full.all()
     assert (p60 <= full).all()
     for modality, n in (("ct", 40), ("mri", 20)):
         sub = table[(table["modality"] == modality) & p60]
         assert (sub["split"] == "train").sum() == int(np.ceil(0.5 * n))
         assert (sub["split"] == "val").sum() == int(np.ceil(0.1 * n))
+
+
+def test_a_single_modality_split_is_within_one_group_and_many_small_modalities_fill_a_small_split():
+    # one modality (a dataset): within one patient group of every target, as before
+    table = assign_splits(make_cases({"ct": 17}, cases_per_patient=3), FRACTIONS, seed=0)
+    for split, fraction in FRACTIONS.items():
+        assert abs((table["split"] == split).sum() - fraction * len(table)) <= 3
+    # five modalities of three patients: alone each rounds 10 % val to 0; together they fill it
+    cases = make_cases({m: 3 for m in ("ct", "mri", "xray", "us", "derm")}, cases_per_patient=3)
+    table = assign_splits(cases, {"train": 0.9, "val": 0.1, "test": 0.0}, seed=0)
+    assert abs((table["split"] == "val").sum() - 0.1 * len(table)) <= 3 and (table["split"] == "val").sum() > 0
+
+
+def write_corpus_store(path, name, modality, patients, per_patient):
+    with StoreWriter(path, name, modality, 2, {1: "x"}) as writer:
+        for p in range(patients):
+            for c in range(per_patient):
+                writer.write_case(f"p{p}_{c}", np.ones((2, 2)), np.ones((2, 2), np.uint8), patient_id=f"p{p}",
+                                  modality=modality, spacing=[1, 1])
+        return writer.publish()
+
+
+def write_held_out(path, name, modality, patients, per_patient):
+    rows = [(name, f"p{p}_{c}", f"p{p}", modality, "test") for p in patients for c in range(per_patient)]
+    pd.DataFrame(rows, columns=["dataset", "case_id", "patient_id", "modality", "split"]).to_csv(
+        path, sep="\t", index=False)
+    return path
+
+
+CORPUS = {"fractions": {"train": 0.9, "val": 0.1, "test": 0.0},
+          "variants": {"full": {"train": 0.9, "val": 0.1}, "p60": {"train": 0.5, "val": 0.1}}}
+
+
+def test_corpus_fractions_apply_to_the_free_cases(tmp_path):
+    """100 held-out evaluation cases + 1000 free ones: val is 10 % of the free cases (was 60)."""
+    store = write_corpus_store(tmp_path / "d.zarr", "d", "ct", 1100, 1)
+    held = write_held_out(tmp_path / "d.tsv", "d", "ct", range(100), 1)
+    table = split_corpus([store], [held], tmp_path / "corpus.tsv", CORPUS, seed=0)
+    counts = table["split"].value_counts().to_dict()
+    assert counts == {"train": 900, "val": 100, "test": 100}
+    assert set(table.loc[table["split"] == "test", "patient_id"]) == {f"p{p}" for p in range(100)}
+    assert table["in_full"].sum() == 1000  # the full variant is every free case
+    assert table.loc[table["in_p60"], "split"].value_counts().to_dict() == {"train": 500, "val": 100}
+
+
+def test_the_demo_corpus_has_validation_cases(tmp_path, repo_root):
+    """The demo's numbers: 5 finetune datasets of 4 patients, one test patient each held out."""
+    import yaml
+
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    stores, held = [], []
+    for name in [n for n, spec in config["datasets"].items() if "finetune" in spec["roles"]]:
+        spec = config["datasets"][name]
+        patients, per_patient = spec["synth"]["patients"], spec["synth"]["images_per_patient"]
+        stores.append(write_corpus_store(tmp_path / f"{name}.zarr", name, spec["modality"], patients, per_patient))
+        held.append(write_held_out(tmp_path / f"{name}.tsv", name, spec["modality"], [0], per_patient))
+    table = split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"])
+    free = table[table["split"] != "test"]
+    assert len(table) == 52 and len(free) == 39
+    val = int((free["split"] == "val").sum())
+    assert abs(val - 0.1 * len(free)) <= 3 and val > 0  # was 0 of 52: best.pt was never validated
+    assert table.loc[table["in_full"], "split"].value_counts().to_dict() == {"train": 39 - val, "val": val}

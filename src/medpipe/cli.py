@@ -100,12 +100,13 @@ def run_validate_config(args) -> int:
 
     import yaml
 
-    from medpipe.config import ConfigError, load_config
+    from medpipe.config import ConfigError, check_files, load_config
 
     try:
         config = load_config(args.config)
+        check_files(config, source=args.config)
     except ConfigError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 2
     print(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     return 0
@@ -139,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args._run(args) or 0)
+    from medpipe.config import ConfigError
+
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:  # any subcommand: the config's problems, one line each, no traceback
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,14 +3,19 @@
 The JSON schema ``medpipe/schemas/config.schema.yaml`` (packaged with medpipe; the workflow's
 ``workflow/schemas/config.schema.yaml`` links to it) is the single definition of every key and its
 default; the Snakefile and every ``medpipe`` subcommand validate against it, so a bad key is
-reported before any job runs, naming the key.
+reported before any job runs, naming the key. What a schema cannot say is checked here too:
+references between sections (a run's base model and preset, semantic backbones), regexes, class
+ids, fractions, files that must exist, and keys given twice (YAML would keep the last). Every
+problem is one line ``<file>: <key>: <problem>`` (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +27,52 @@ from medpipe.files import write_text
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file and the key."""
+
+
+MAX_CLASS_ID = 65535  # labels are stored as uint8/uint16 (docs/data-format.md)
+
+
+def duplicate_keys(text: str) -> list[str]:
+    """``<key path>: ... given twice`` for every key given twice in one mapping of a YAML text.
+
+    PyYAML (and Snakemake's config reader) silently keep the last of two equal keys, so
+    ``classes: {1: liver, 1: kidney}`` would lose a class. Keys are compared as YAML values.
+    """
+    loader = yaml.SafeLoader(text)
+    problems: list[str] = []
+    visited: set[int] = set()
+
+    def walk(node, keys: list[str]) -> None:
+        if id(node) in visited:  # an alias: already walked where its anchor is
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, [*keys, str(index)])
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: not ours to judge
+                first = key_node
+            if first is not key_node and key is not None:
+                a, b = first.start_mark.line + 1, key_node.start_mark.line + 1
+                lines = f"lines {a} and {b}" if a != b else f"line {a}"
+                problems.append(f"{'.'.join([*keys, str(key)])}: given twice ({lines}); YAML would keep only the last")
+            walk(value_node, [*keys, str(key)])
+
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            walk(root, [])
+    finally:
+        loader.dispose()
+    return problems
 
 
 def schema() -> dict:
@@ -48,6 +99,16 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, with a long value shortened (never a dump of a whole section)."""
+    message = error.message
+    text = repr(error.instance)
+    if len(text) > 60 and text in message:
+        kind = {dict: "a mapping", list: "a list"}.get(type(error.instance), type(error.instance).__name__)
+        message = message.replace(text, f"{kind} ({text[:40]}...)")
+    return message.splitlines()[0]
+
+
 def _check_results_dir(config: dict, source: str) -> None:
     """``results_dir`` must name a folder of its own: never empty, never the file system root, and
     free of ``{``/``}`` (every output path is a Snakemake pattern that starts with it)."""
@@ -60,24 +121,165 @@ def _check_results_dir(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: results_dir: must not contain '{{' or '}}' (Snakemake patterns), got {value!r}")
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate ``config`` in place, fill defaults, normalise class ids to int; return it."""
-    _check_results_dir(config, source)
-    for dataset in (config.get("datasets") or {}).values():
+def _classes_as_text(config: dict, source: str) -> list[str]:
+    """Class ids as text for the schema; a class id given twice (``1`` and ``'1'``) is an error."""
+    problems = []
+    for name, dataset in (config.get("datasets") or {}).items():
         if isinstance(dataset, dict) and isinstance(dataset.get("classes"), dict):
-            dataset["classes"] = {str(k): v for k, v in dataset["classes"].items()}
+            classes = {}
+            for key, value in dataset["classes"].items():
+                if str(key) in classes:
+                    problems.append(f"{source}: datasets.{name}.classes: class id {key} is given twice "
+                                    f"({classes[str(key)][0]!r}: {classes[str(key)][1]!r} and {key!r}: {value!r})")
+                classes.setdefault(str(key), (key, value))
+            dataset["classes"] = {key: value for key, (_, value) in classes.items()}
+    return problems
+
+
+def _check_regex(spec: dict, key: str, group: str, where: str) -> str | None:
+    if spec.get(key) is None:
+        return None
+    try:
+        pattern = re.compile(spec[key])
+    except re.error as exc:
+        return f"{where}.{key}: invalid regex {spec[key]!r} ({exc})"
+    if group not in pattern.groupindex:
+        return f"{where}.{key}: regex {spec[key]!r} has no group named {group!r} (write (?P<{group}>...))"
+    return None
+
+
+def sam2_package_dir() -> Path | None:
+    """The installed ``sam2`` package's folder, found without importing it (that loads torch)."""
+    spec = importlib.util.find_spec("sam2")
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def sam2_config_path(name: str, trusted=()) -> Path:
+    """The YAML file that ``interactive.sam2.<m>.config`` names, or :class:`ValueError` saying why not.
+
+    A name is resolved inside the installed ``sam2`` package, and must land in its ``configs``
+    folder (``configs/sam2.1/sam2.1_hiera_b+.yaml``); another file only when it is listed verbatim
+    in ``interactive.trusted_sam2_configs``. A hydra config instantiates whatever its ``_target_``
+    keys name, so an arbitrary YAML file would run arbitrary code.
+    """
+    if name in trusted:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"{name!r} is listed in interactive.trusted_sam2_configs but is not a file")
+        return path
+    package = sam2_package_dir()
+    if package is None:
+        raise ValueError("the sam2 package is not installed (pip install sam2)")
+    package = package.resolve()
+    folder = (package / "configs").resolve()
+    path = (package / name).resolve()
+    if path.suffix != ".yaml" or not path.is_relative_to(folder):
+        raise ValueError(f"{name!r} is not a config of the sam2 package (configs/...yaml inside {package}); list "
+                         "a config file of your own under interactive.trusted_sam2_configs")
+    if not path.is_file():
+        available = sorted(str(p.relative_to(package)) for p in folder.rglob("*.yaml"))
+        raise ValueError(f"{name!r}: no such config in the sam2 package (available: {', '.join(available)})")
+    return path
+
+
+def _schema_knob_defaults() -> dict:
+    return schema()["properties"]["finetune"]["properties"]["defaults"]["default"]
+
+
+def _references(config: dict) -> list[str]:
+    """Problems a schema cannot see, as ``<key>: <problem>`` lines (the caller adds the file)."""
+    problems = []
+    for name, spec in config["datasets"].items():
+        where = f"datasets.{name}"
+        problems += filter(None, [_check_regex(spec, "case_id", "case", where),
+                                  _check_regex(spec, "patient_id", "patient", where)])
+        too_big = sorted(int(k) for k in spec["classes"] if int(k) > MAX_CLASS_ID)
+        if too_big:
+            problems.append(f"{where}.classes: class id {too_big[0]} is larger than {MAX_CLASS_ID} "
+                            "(labels are stored as uint16)")
+    for key, fractions in (("splits.fractions", config["splits"]["fractions"]),
+                           ("corpus.fractions", config["corpus"]["fractions"])):
+        total = sum(float(v) for v in fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            problems.append(f"{key}: train + val + test must be 1, got {total:g}")
+    corpus = config["corpus"]
+    for name, variant in corpus["variants"].items():
+        for part in ("train", "val"):
+            if float(variant[part]) > float(corpus["fractions"][part]) + 1e-9:
+                problems.append(f"corpus.variants.{name}.{part}: {variant[part]} is more than the corpus has "
+                                f"(corpus.fractions.{part} = {corpus['fractions'][part]})")
+    models, finetune = config["models"], config["finetune"]
+    runs, presets = finetune["runs"], finetune["presets"]
+    knob_defaults = {**_schema_knob_defaults(), **finetune["defaults"]}
+    for name, run in runs.items():
+        where = f"finetune.runs.{name}"
+        if run["base"] not in models:
+            problems.append(f"{where}.base: unknown base model {run['base']!r} (models: {', '.join(sorted(models))})")
+        if run["preset"] not in presets:
+            problems.append(f"{where}.preset: unknown preset {run['preset']!r} "
+                            f"(finetune.presets: {', '.join(sorted(presets))})")
+            continue
+        variant = {**knob_defaults, **presets[run["preset"]], **run}["corpus_variant"]
+        if variant not in corpus["variants"]:
+            problems.append(f"{where}: corpus_variant {variant!r} is not one of corpus.variants "
+                            f"({', '.join(sorted(corpus['variants']))})")
+    known = sorted({*models, *runs})
+    for backbone in config["semantic"]["backbones"] or []:
+        if backbone not in known:
+            problems.append(f"semantic.backbones: {backbone!r} is neither a key of models nor of finetune.runs "
+                            f"({', '.join(known)})")
+    reference = config["aggregate"]["reference_model"]
+    if reference is not None and reference not in known:
+        problems.append(f"aggregate.reference_model: {reference!r} is neither a key of models nor of finetune.runs")
+    interactive = config["interactive"]
+    for name, model in interactive["sam2"].items():
+        try:
+            sam2_config_path(model["config"], interactive["trusted_sam2_configs"])
+        except ValueError as exc:
+            problems.append(f"interactive.sam2.{name}.config: {exc}")
+    return problems
+
+
+def check_files(config: dict, source: str = "config") -> None:
+    """Every checkpoint file a validated config names must exist (``ConfigError``, one line each).
+
+    Run by ``medpipe validate-config`` and by the workflow before any job; not by each job's
+    :func:`load_config`, so a config can be read where the files are not (a laptop, a login node
+    with placeholder paths), and a job that needs a file names it when it opens it.
+    """
+    problems = []
+    for section, models, empty in (("models", config["models"], "random init"),
+                                   ("interactive.sam2", config["interactive"]["sam2"], "random weights")):
+        for name, model in models.items():
+            if model.get("checkpoint") is not None and not Path(model["checkpoint"]).is_file():
+                problems.append(f"{source}: {section}.{name}.checkpoint: {model['checkpoint']!r} is not a file "
+                                f"(relative to {Path.cwd()}; null = {empty})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` in place, fill defaults, normalise class ids to int; return it.
+
+    Raises :class:`ConfigError` with one line ``<source>: <key>: <problem>`` per problem.
+    """
+    _check_results_dir(config, source)
+    problems = _classes_as_text(config, source)
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    problems += [f"{source}: {_key_path(e)}: {_message(e)}" for e in errors]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    problems = [f"{source}: {line}" for line in _references(config)]
+    if problems:
+        raise ConfigError("\n".join(problems))
     for dataset in config["datasets"].values():
         dataset["classes"] = {int(k): v for k, v in dataset["classes"].items()}
     return config
 
 
-def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML config file, validate it and fill defaults."""
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The mapping of a YAML config file; a key given twice in one mapping is an error (``ConfigError``)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -85,11 +287,19 @@ def load_config(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
         config = yaml.safe_load(text) or {}
+        duplicates = duplicate_keys(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    if duplicates:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in duplicates))
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return validate_config(config, source=str(path))
+    return config
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML config file, validate it and fill defaults."""
+    return validate_config(read_config_file(path), source=str(Path(path)))
 
 
 def resolved_yaml(config: dict) -> str:

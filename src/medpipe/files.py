@@ -12,11 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 BLOCK_BYTES = 4 * 1024 * 1024
+#: columns that hold names and ids in the project's tables: always read as text, because pandas
+#: would read a case, patient, dataset, model or class called ``NA``, ``null``, ``None`` or ``nan``
+#: as a missing value (and ``007`` as the number 7)
+TEXT_COLUMNS = frozenset({
+    "dataset", "case", "case_id", "patient_id", "modality", "split", "model", "class", "class_name", "start",
+    "masks", "projection", "result", "method", "backbone", "decoder_init", "setting", "setting_a", "setting_b",
+    "library", "version", "status", "base", "model_type", "sha256", "key", "value", "image", "label", "problem",
+})
 #: compound extensions kept at the end of a temporary name (writers choose the format by extension)
 _COMPOUND_EXTENSIONS = (".nii.gz", ".tar.gz")
 
@@ -68,6 +77,23 @@ def write_tsv(frame, path: str | os.PathLike, **to_csv) -> Path:
     return Path(path)
 
 
+def read_tsv(path: str | os.PathLike, text_columns=TEXT_COLUMNS):
+    """Read a table written by :func:`write_tsv`: names and ids (``text_columns``) stay text.
+
+    Every reader of the project's TSV tables goes through here (split tables through
+    :func:`medpipe.splits.read_split_table`, which reads every column as text). In the other
+    columns an empty cell (how pandas writes NaN) or ``nan`` is a missing value; in text columns
+    nothing is, so a case named ``NA`` stays that case.
+    """
+    import pandas as pd
+
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    text = [column for column in header if column in text_columns]
+    missing = {column: ["", "nan", "NaN"] for column in header if column not in text_columns}
+    return pd.read_csv(path, sep="\t", dtype={column: str for column in text}, keep_default_na=False,
+                       na_values=missing)
+
+
 def save_torch(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically and reproducibly.
 
@@ -79,6 +105,50 @@ def save_torch(obj, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
     return Path(path)
+
+
+class TorchFileError(ValueError):
+    """A torch file is missing, truncated or corrupt, or holds more than weights; names the file."""
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """One line for what went wrong in ``torch.load`` (its own messages run to a screen of advice)."""
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if refused:
+        return (f"refused: it holds more than tensors and plain values ({refused.group(1).strip()}); loading "
+                "it would run code stored in the file")
+    if isinstance(exc, PermissionError):
+        return f"not readable ({exc.strerror})"
+    detail = text.split(". ")[0].strip() or type(exc).__name__  # a cut zip: EINVAL, no central directory, EOF
+    return f"truncated or corrupt ({detail})"
+
+
+def load_torch(path: str | os.PathLike, *, map_location="cpu", numpy_scalars: bool = False):
+    """Read a torch file with ``weights_only=True``: the one ``torch.load`` of the project.
+
+    A checkpoint is a pickle; unpickled freely it can run any code it names. ``weights_only=True``
+    is passed explicitly, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot override (it only
+    changes the default). ``numpy_scalars`` also admits numpy scalars and dtypes (nnU-Net's
+    training log in its checkpoints), which rebuild values and never call anything else. Errors
+    name the file and the problem in one line (:class:`TorchFileError`).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise TorchFileError(f"{path}: file does not exist")
+    allowed = []
+    if numpy_scalars:
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+        allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise TorchFileError(f"{path}: cannot be read as a weights-only torch file: {_why_unreadable(exc)}") from exc
 
 
 def _file_digest(path: Path) -> str:

@@ -10,14 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 
-from medpipe.config import datasets_with_role, resolved_yaml, validate_config, write_resolved
+from medpipe.config import (
+    ConfigError,
+    check_files,
+    datasets_with_role,
+    read_config_file,
+    resolved_yaml,
+    validate_config,
+    write_resolved,
+)
 from medpipe.finetune.settings import resolve_run
 from medpipe.models.names import RANDOM_INIT, checkpoint_label
 from medpipe.models.specs import ModelSpec, model_specs
 
 __all__ = [
     "RANDOM_INIT",
+    "ConfigError",
     "ModelSpec",
+    "check_files",
     "checkpoint_label",
     "config_snapshot_path",
     "datasets_with_role",
@@ -27,6 +37,7 @@ __all__ = [
     "finetune_model_type",
     "finetune_settings_json",
     "model_specs",
+    "read_config_file",
     "validate_config",
     "write_resolved",
 ]

@@ -7,13 +7,17 @@ evolve in one place.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 COMPLETE_FLAG = "complete"
@@ -107,12 +111,53 @@ class DatasetStore:
         )
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(out: str | Path) -> list[Path]:
+    """Clean up after writers of ``out`` that died (SIGKILL, node failure); returns what was removed.
+
+    ``<out>.partial-<pid>`` of a process that no longer exists is never published: removed.
+    ``<out>.old-<pid>`` is a previous complete store a dead writer was replacing: removed when
+    ``out`` exists, else moved back to ``out`` (the writer died between its two renames). The
+    check sees processes of this machine only; a folder of a live process is left alone.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(out.name) + r"\.(partial|old)-(\d+)")
+    removed = []
+    for path in sorted(out.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match or _process_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not out.exists():
+            os.replace(path, out)
+            log.warning("%s: restored the previous store from %s (its writer died while replacing it)", out, path)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning("removed %s, left behind by a writer (process %s) that no longer runs", path, match.group(2))
+        removed.append(path)
+    return removed
+
+
 class StoreWriter:
     """Writes a dataset store so that no reader ever sees a half store that looks complete.
 
     The store is built in ``<out>.partial-<pid>`` with ``complete = false``; :meth:`publish` writes
     the case list and ``complete = true`` last, then renames the folder into place (an existing
-    store is replaced only then). Used as a context manager, a failure removes the partial folder.
+    store is replaced only then). Used as a context manager, a failure removes the partial folder;
+    the folders a killed writer leaves behind are removed by the next one (:func:`remove_stale`).
     Ingest writes each case's arrays into :meth:`case_group` itself (chunked, streamed);
     :meth:`write_case` stores small in-memory cases whole (tests, generated data).
     """
@@ -120,6 +165,7 @@ class StoreWriter:
     def __init__(self, out: str | Path, name: str, modality: str, ndim: int, classes: dict):
         self.out = Path(out)
         self.partial = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
+        remove_stale(self.out)
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.out.parent.mkdir(parents=True, exist_ok=True)

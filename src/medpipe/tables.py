@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medpipe import files
+
 COLUMNS_2D = ["dataset", "case", "class_id", "class", "object", "start", "masks", "iteration", "dice", "seed", "model"]
 KEYS_2D = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
 COLUMNS_3D = ["dataset", "split", "case", "class_id", "class", "object", "z_start", "start", "iou_threshold",
@@ -25,11 +27,12 @@ class MissingResultError(RuntimeError):
 
 
 def read_tsv(path, columns=None) -> pd.DataFrame:
-    """Read a result table; ``columns`` that must be present are checked, naming the file."""
+    """Read a result table (ids stay text: :func:`medpipe.files.read_tsv`); ``columns`` that must be
+    present are checked, naming the file."""
     path = Path(path)
     if not path.is_file():
         raise MissingResultError(f"{path}: result table does not exist")
-    frame = pd.read_csv(path, sep="\t", dtype={"case": str})
+    frame = files.read_tsv(path)
     missing = [c for c in (columns or []) if c not in frame.columns]
     if missing:
         raise MissingResultError(f"{path}: result table lacks columns {missing}")

@@ -7,7 +7,8 @@
 #   * params: every config value that decides what a job writes, as canonical JSON (`canonical`),
 #     so editing a config value reruns exactly the jobs that use it and reordering keys reruns
 #     nothing. Values that only decide how fast a job runs (gpus, mem_mb, runtime, cpus_per_task,
-#     interactive.threads, interactive.max_objects_per_call) are resources or not tracked.
+#     interactive.threads, interactive.max_objects_per_call) are resources or not tracked, and so are
+#     the guards that only decide whether a job may run (ingest.allow_empty, splits.max_missing).
 #   * shell: every path and config-derived value is shell-quoted (`{input:q}`, `{params.x:q}`; list
 #     values are quoted item by item), so any results_dir or checkpoint path works.
 #   * the jobs read the validated config from a snapshot (`config_snapshot`), a derived params value
@@ -24,7 +25,17 @@ from pathlib import PurePosixPath
 from medpipe import planning
 
 # -- the config --------------------------------------------------------------------------------
-planning.validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "snakemake config")
+# Checked before the rules are defined, in this order; a key given twice in a config file (Snakemake's
+# reader keeps the last), the config against the schema and itself, the checkpoint files it names.
+# A problem ends the run with one line per problem, naming the file and the key; no traceback, no job.
+_source = ", ".join(map(str, workflow.configfiles)) or "snakemake config"
+try:
+    for _path in workflow.configfiles:
+        planning.read_config_file(_path)
+    planning.validate_config(config, source=_source)
+    planning.check_files(config, source=_source)
+except planning.ConfigError as _error:
+    sys.exit(str(_error))
 
 R = str(PurePosixPath(config["results_dir"]))  # as medpipe spells paths under it (`results/`, `./results` -> `results`)
 # Jobs read this snapshot of the validated config, so command-line overrides reach them. It is
@@ -54,9 +65,6 @@ INTERACTIVE_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_n
 
 SEMANTIC = config["semantic"]
 BACKBONES = SEMANTIC["backbones"] if SEMANTIC["backbones"] is not None else list(config["models"]) + FINETUNE_RUNS
-for _name in BACKBONES:
-    if _name not in config["models"] and _name not in FINETUNE_RUNS:
-        raise ValueError(f"semantic.backbones: {_name!r} is neither a key of `models` nor of `finetune.runs`")
 SEMANTIC_TABLES = ["results", "class_summary", "seed_stats", "paired_tests"]
 SEMANTIC_FIGURES = {  # output name of semantic_aggregate -> file name
     "fig1d": "fig1d_semantic2d",
@@ -88,6 +96,11 @@ wildcard_constraints:
 def canonical(value):
     """A config value as canonical JSON (sorted keys): a params value that changes only with the value."""
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def without_guards(section, *guards):
+    """A config section less the keys that only decide whether a job may run (not tracked as params)."""
+    return {key: value for key, value in section.items() if key not in guards}
 
 
 def config_snapshot(wildcards, input):
@@ -237,8 +250,10 @@ def dataset_roles(wildcards):
 
 
 def sam2_checkpoint(wildcards):
-    weights = SAM2_MODELS[wildcards.sam2].get("checkpoint")
-    return [weights] if weights else []
+    """The SAM2 model's weights and, for a config outside the sam2 package (trusted_sam2_configs), its file."""
+    spec = SAM2_MODELS[wildcards.sam2]
+    own_config = [spec["config"]] if spec["config"] in INTERACTIVE["trusted_sam2_configs"] else []
+    return ([spec["checkpoint"]] if spec.get("checkpoint") else []) + own_config
 
 
 def interactive_tables_2d():

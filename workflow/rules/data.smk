@@ -29,7 +29,7 @@ rule ingest:
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
-        ingest=canonical(config["ingest"]),
+        ingest=canonical(without_guards(config["ingest"], "allow_empty")),
         config=config_snapshot,
     log:
         job_log("ingest", "{dataset}"),

@@ -46,7 +46,7 @@ def load_results(paths) -> pd.DataFrame:
     frames = []
     for path in paths:
         try:
-            frames.append(pd.read_csv(path, sep="\t", dtype={"backbone": str, "decoder_init": str, "case_id": str}))
+            frames.append(files.read_tsv(path))  # ids stay text: a case or model called NA is one
         except Exception as exc:
             raise ValueError(f"{path}: cannot read semantic result table ({exc})") from exc
     if not frames:

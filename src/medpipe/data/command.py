@@ -15,10 +15,13 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="name of the dataset entry in the config")
     parser.add_argument("--out", required=True, help="dataset store to write (<name>.zarr)")
     parser.add_argument("--quarantine", required=True, help="TSV of refused cases to write")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write an empty store when no case can be ingested (default: ingest.allow_empty, "
+                             "else that is an error and nothing is written)")
 
 
 def run_ingest(args) -> int:
-    from medpipe.data.ingest import ingest_dataset
+    from medpipe.data.ingest import NoCasesError, ingest_dataset
     from medpipe.io.cases import DatasetConfigError
 
     try:
@@ -29,11 +32,15 @@ def run_ingest(args) -> int:
     if args.dataset not in config["datasets"]:
         log.error("%s: no dataset %r (known: %s)", args.config, args.dataset, ", ".join(config["datasets"]))
         return 2
+    allow_empty = args.allow_empty or config["ingest"]["allow_empty"]
     try:
         ingest_dataset(args.dataset, config["datasets"][args.dataset], args.out, args.quarantine,
-                       config.get("ingest"))
+                       config.get("ingest"), allow_empty=allow_empty)
     except DatasetConfigError as exc:
         log.error("%s: %s", args.config, exc)
+        return 2
+    except NoCasesError as exc:
+        log.error("%s", exc)
         return 2
     return 0
 
@@ -43,7 +50,10 @@ def _add_split_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="split table to write (TSV)")
     parser.add_argument("--previous", help="earlier split table whose assignments are kept")
     parser.add_argument("--ledger",
-                        help="file recording every assignment made so far (read, then updated); default: none")
+                        help="file recording every assignment made so far (read, then grown); default: none")
+    parser.add_argument("--max-missing", type=float,
+                        help="share of a dataset's ledger cases that may be absent (default: splits.max_missing; "
+                             "1 allows any loss)")
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,11 +61,21 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     _add_split_common(parser)
 
 
-def run_split(args) -> int:
-    from medpipe.splits import split_dataset
+def _max_missing(args, config: dict) -> float:
+    return config["splits"]["max_missing"] if args.max_missing is None else args.max_missing
 
-    config = load_config(args.config)
-    split_dataset(args.store, args.out, config["splits"]["fractions"], config["seed"], args.previous, args.ledger)
+
+def run_split(args) -> int:
+    from medpipe.splits import SplitError, split_dataset
+    from medpipe.store import StoreError
+
+    try:
+        config = load_config(args.config)
+        split_dataset(args.store, args.out, config["splits"]["fractions"], config["seed"], args.previous,
+                      args.ledger, _max_missing(args, config))
+    except (ConfigError, SplitError, StoreError) as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
@@ -67,9 +87,14 @@ def add_split_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_split_corpus(args) -> int:
-    from medpipe.splits import split_corpus
+    from medpipe.splits import SplitError, split_corpus
+    from medpipe.store import StoreError
 
-    config = load_config(args.config)
-    split_corpus(args.stores, args.dataset_splits, args.out, config["corpus"], config["seed"], args.previous,
-                 args.ledger)
+    try:
+        config = load_config(args.config)
+        split_corpus(args.stores, args.dataset_splits, args.out, config["corpus"], config["seed"], args.previous,
+                     args.ledger, _max_missing(args, config))
+    except (ConfigError, SplitError, StoreError) as exc:
+        log.error("%s", exc)
+        return 2
     return 0

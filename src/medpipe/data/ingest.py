@@ -7,14 +7,17 @@ Why it is built this way:
   never held in memory whole (NIfTI is read slab by slab through nibabel's proxy).
 * **Bad input never stops a dataset.** A case that cannot be read or fails a check is logged with
   the file and the problem, written to the quarantine table, removed from the store, and ingest
-  goes on. A dataset whose every case is quarantined still gets an (empty, complete) store and exit
-  status 0, with a warning, so other datasets of the study go on; only globs that match no file at
-  all are an error (almost certainly a config mistake).
+  goes on.
+* **An empty dataset is an error, not an empty store.** When no case can be ingested (globs that
+  match nothing, a labels folder that is empty or not mounted, every case quarantined) ingest fails
+  with the reason, writes the quarantine table and leaves any existing store as it was: an empty
+  store would empty the split tables downstream. ``ingest.allow_empty`` (``--allow-empty``) lets
+  such a dataset have an empty store.
 * **Never a half store that looks complete.** The store is built in ``<out>.partial-<pid>`` with
   ``attrs.medpipe.complete = false``; ``complete = true`` is the last write, then the folder is
   renamed into place (an existing store is replaced only now). An interrupted ingest removes its
-  partial folder; a killed one leaves only a ``.partial-<pid>`` folder that ``DatasetStore``
-  refuses to open.
+  partial folder; a killed one leaves a ``.partial-<pid>`` folder that ``DatasetStore`` refuses to
+  open and the next ingest of the dataset removes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,20 @@ SPACING_RTOL = 1e-3  # image and label spacing further apart than this is logged
 
 class CaseProblem(ValueError):
     """A case fails a check; the message names the file and the problem."""
+
+
+class NoCasesError(RuntimeError):
+    """No case of a dataset could be ingested (and ``allow_empty`` is off); nothing was published."""
+
+
+def _no_cases(dataset: str, spec: dict, rows: list[QuarantineRow], out: Path, quarantine: Path) -> NoCasesError:
+    reasons = sorted({row.problem for row in rows})
+    return NoCasesError(
+        f"datasets.{dataset}: no case could be ingested ({len(rows)} quarantined, listed in {quarantine}; e.g. "
+        f"{reasons[0] if reasons else '-'}); is every folder of images {spec['images']!r} and labels "
+        f"{spec['labels']!r} reachable? {out} was not written (an existing store is kept). If the dataset is "
+        "meant to be empty, set ingest.allow_empty: true"
+    )
 
 
 @dataclass(frozen=True)
@@ -209,23 +226,28 @@ def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
 
 
 def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | Path,
-                   chunk_config: dict | None = None) -> IngestReport:
+                   chunk_config: dict | None = None, allow_empty: bool = False) -> IngestReport:
     """Ingest every case of one dataset into the store ``out``; refused cases go to ``quarantine``.
 
     ``spec`` is the dataset's config entry (globs relative to the working directory),
-    ``chunk_config`` the config's ``ingest`` section (``chunks_2d``, ``chunks_3d``).
+    ``chunk_config`` the config's ``ingest`` section (``chunks_2d``, ``chunks_3d``). Raises
+    :class:`NoCasesError` when no case can be ingested, unless ``allow_empty``.
     """
     chunk_config = chunk_config or {"chunks_2d": [512, 512], "chunks_3d": [32, 256, 256]}
     out, quarantine = Path(out), Path(quarantine)
     label_dtype(spec["classes"])  # a config problem: fail before touching any file
     cases, rows = discover_cases(dataset, spec)
-    if not cases and not rows:
+    if not cases and not rows and not allow_empty:
         raise DatasetConfigError(
             f"datasets.{dataset}: no file matches images glob {spec['images']!r} or labels glob "
-            f"{spec['labels']!r} (relative to {Path.cwd()})"
+            f"{spec['labels']!r} (relative to {Path.cwd()}); nothing was written (ingest.allow_empty lets a "
+            "dataset be empty)"
         )
     for row in rows:
         log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
+    if not cases and not allow_empty:  # nothing to read: fail before touching the store
+        write_quarantine(quarantine, sorted(rows, key=lambda r: (r.case_id, r.image, r.label)))
+        raise _no_cases(dataset, spec, rows, out, quarantine)
 
     with StoreWriter(out, dataset, spec["modality"], int(spec["ndim"]), spec["classes"]) as writer, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
@@ -245,10 +267,13 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
             writer.discard_case(case.case_id)
         rows.sort(key=lambda r: (r.case_id, r.image, r.label))
         write_quarantine(quarantine, rows)
+        if not writer.case_ids and not allow_empty:  # leaving the block unpublished removes the partial store
+            raise _no_cases(dataset, spec, rows, out, quarantine)
         writer.publish()
     written = writer.case_ids
     log.info("%s: %d cases written to %s, %d quarantined (listed in %s)",
              dataset, len(written), out, len(rows), quarantine)
     if not written:
-        log.warning("%s: every case was quarantined; the store %s is empty (see %s)", dataset, out, quarantine)
+        log.warning("%s: no case could be ingested; the store %s is empty (ingest.allow_empty; see %s)",
+                    dataset, out, quarantine)
     return IngestReport(dataset, out, sorted(written), rows)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
-from medpipe.files import save_torch, sha256_of, write_text
+from medpipe.files import TorchFileError, load_torch, save_torch, sha256_of, write_text
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +77,9 @@ def export(training_ckpt, out) -> dict:
     """Export ``training_ckpt`` to ``out`` (+ decoder file when present, + sha256 file); returns a summary."""
     training_ckpt, out = Path(training_ckpt), Path(out)
     try:
-        blob = torch.load(training_ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ExportError(f"{training_ckpt}: cannot read training checkpoint ({exc})") from exc
+        blob = load_torch(training_ckpt)
+    except TorchFileError as exc:
+        raise ExportError(f"{exc} (a training checkpoint)") from exc
     if not isinstance(blob, dict) or "model_state" not in blob:
         raise ExportError(f"{training_ckpt}: not a medpipe training checkpoint (no 'model_state')")
     try:

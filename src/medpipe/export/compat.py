@@ -3,6 +3,11 @@
 ``check_compat`` loads the file the way each library does (``segment_anything``'s registry with
 strict keys; micro-sam's ``get_sam_model`` when installed) and runs one prediction;
 ``compat_rows`` flattens the checks into the table's rows.
+
+The file is read only with medpipe's weights-only loader: the ``segment_anything`` model is built
+without a checkpoint and given the state dict read by :func:`medpipe.models.sam.read_state_dict`
+(the same strict ``load_state_dict`` its builder runs, without its unrestricted ``torch.load``),
+and micro-sam, whose loader unpickles freely, only sees a file that passed that reader.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ def _predict_once(sam) -> tuple[bool, str]:
     return bool(ok), "" if ok else f"unexpected prediction: masks {masks.shape}, scores {scores}"
 
 
-def check_segment_anything(path: Path, model_type: str, predict: bool = True) -> dict:
-    """Load with ``sam_model_registry[type](checkpoint=path)`` (strict) and run one SamPredictor call.
+def check_segment_anything(state: dict, model_type: str, predict: bool = True) -> dict:
+    """Build ``sam_model_registry[type]()``, load ``state`` with strict keys (what
+    ``sam_model_registry[type](checkpoint=path)`` does after its ``torch.load``) and run one
+    SamPredictor call.
 
     The registry has no ``tiny`` entry; a tiny model is built from the same classes
-    (:func:`medpipe.models.sam.build_tiny_sam`) and loaded with ``load_state_dict(strict=True)``.
+    (:func:`medpipe.models.sam.build_tiny_sam`).
     """
     from segment_anything import sam_model_registry
 
@@ -52,11 +59,8 @@ def check_segment_anything(path: Path, model_type: str, predict: bool = True) ->
     result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
               "loads_strict": False, "predicts": False, "status": ""}
     try:
-        if model_type == "tiny":
-            sam = build_tiny_sam()
-            sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-        else:
-            sam = sam_model_registry[model_type](checkpoint=str(path))
+        sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type](checkpoint=None)
+        sam.load_state_dict(state, strict=True)
         result["loads_strict"] = True
     except Exception as exc:
         result["status"] = f"load failed: {exc}".replace("\n", " ")[:500]
@@ -70,8 +74,12 @@ def check_segment_anything(path: Path, model_type: str, predict: bool = True) ->
     return result
 
 
-def check_micro_sam(path: Path, model_type: str, predict: bool = True) -> dict:
-    """micro-sam's loader (``micro_sam.util.get_sam_model``) when micro-sam is installed."""
+def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_only_ok: bool = True) -> dict:
+    """micro-sam's loader (``micro_sam.util.get_sam_model``) when micro-sam is installed.
+
+    micro-sam unpickles the file without restriction, so it runs only on a file medpipe's
+    weights-only reader accepted (``weights_only_ok``).
+    """
     result = {"library": "micro_sam", "version": _version("micro_sam", "micro-sam", "micro_sam"),
               "loads_strict": False, "predicts": False, "status": ""}
     if importlib.util.find_spec("micro_sam") is None:
@@ -79,6 +87,9 @@ def check_micro_sam(path: Path, model_type: str, predict: bool = True) -> dict:
         return result
     if model_type not in SAM_TYPES:
         result["status"] = f"skipped: micro-sam has no {model_type} model type"
+        return result
+    if not weights_only_ok:
+        result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
         return result
     try:
         from micro_sam.util import get_sam_model
@@ -109,7 +120,16 @@ def check_compat(path, model_type: str, predict: bool = True) -> dict:
         raise ValueError(f"unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: exported model does not exist")
-    libraries = [check_segment_anything(path, model_type, predict), check_micro_sam(path, model_type, predict)]
+    from medpipe.models.sam import CheckpointError, read_state_dict
+
+    try:
+        state = read_state_dict(path)
+    except CheckpointError as exc:  # unreadable, or more than weights: no library gets to unpickle it
+        sam_result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
+                      "loads_strict": False, "predicts": False, "status": f"load failed: {exc}"[:500]}
+        libraries = [sam_result, check_micro_sam(path, model_type, predict, weights_only_ok=False)]
+    else:
+        libraries = [check_segment_anything(state, model_type, predict), check_micro_sam(path, model_type, predict)]
     sam_ok = libraries[0]["loads_strict"] and (libraries[0]["predicts"] or not predict)
     return {"file": str(path), "model_type": model_type, "sha256": sha256_of(path), "compatible": bool(sam_ok),
             "libraries": libraries}

@@ -37,7 +37,7 @@ def store_map(paths) -> dict[str, str]:
 def run_finetune(args) -> int:
     import yaml
 
-    from medpipe.finetune.trainer import train
+    from medpipe.finetune.trainer import ResumeError, train
 
     config = load_config(args.config)
     settings = resolve_run(config, args.run)
@@ -46,8 +46,12 @@ def run_finetune(args) -> int:
         if key not in settings:
             raise SystemExit(f"--set {item}: unknown knob {key!r}")
         settings = settings.replace(**{key: yaml.safe_load(value)})
-    summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
-                    die_after=args.die_after)
+    try:
+        summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
+                        die_after=args.die_after)
+    except ResumeError as exc:
+        log.error("%s", exc)
+        return 2
     if summary:
         log.info("finetune run %s done: best validation metric %s", summary["run"], summary["best_metric"])
     return 0

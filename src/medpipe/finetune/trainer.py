@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medpipe.files import atomic_path, save_torch, write_json
+from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.objective import VALIDATION_KINDS, alg1_loss, semantic_dice_loss, validation_dice_loss
@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["iteration", "split", "loss", "mask_loss", "iou_loss", "sem_loss", "lr", "images_per_s",
                   "use_box", "use_mask", "model"]
+
+
+class ResumeError(RuntimeError):
+    """``latest.pt`` cannot be resumed from; the message names the file and the way out."""
+
+
 # Seed streams: independent random sequences derived from the master seed.
 STREAM_TRAIN, STREAM_VAL, STREAM_DRAWS, STREAM_PROMPTS, STREAM_VAL_PROMPTS = 0, 1, 2, 3, 4
 
@@ -248,19 +254,31 @@ def resume(run: Run) -> None:
     """Continue from ``latest.pt`` when it exists (same settings only): weights, optimisers, RNG, position."""
     if not run.latest.exists():
         return
-    state = torch.load(run.latest, map_location=run.ctx.device, weights_only=True)
+    way_out = (f"delete {run.latest} to restart the run from iteration 0"
+               + (f", or copy {run.best_path} over it to resume from the best validated checkpoint"
+                  if run.best_path.exists() else ""))
+    try:
+        state = load_torch(run.latest, map_location=run.ctx.device)
+    except TorchFileError as exc:  # e.g. truncated by a full disk or a copy cut short
+        raise ResumeError(f"{exc}; {way_out}") from exc
+    if not isinstance(state, dict):
+        raise ResumeError(f"{run.latest}: not a medpipe training checkpoint; {way_out}")
     expected = fingerprint(run.settings)
     if state.get("fingerprint") != expected:
-        raise RuntimeError(f"{run.latest}: was written with different settings (fingerprint {state.get('fingerprint')} "
-                           f"!= {expected}); delete {run.out_dir} to start this run afresh")
-    run.model.load_state_dict(state["model_state"], strict=True)
-    run.optimizer.load_state_dict(state["optimizer_state"])
-    run.scheduler.load_state_dict(state["scheduler_state"])
-    if run.sem_optimizer is not None:
-        run.sem_optimizer.load_state_dict(state["sem_optimizer_state"])
-        run.sem_scheduler.load_state_dict(state["sem_scheduler_state"])
-    run.start, run.best = int(state["iteration"]), float(state["best_metric"])
-    torch.set_rng_state(state["torch_rng"].cpu())
+        raise ResumeError(f"{run.latest}: was written with different settings (fingerprint {state.get('fingerprint')} "
+                          f"!= {expected}); delete {run.out_dir} to start this run afresh")
+    try:
+        run.model.load_state_dict(state["model_state"], strict=True)
+        run.optimizer.load_state_dict(state["optimizer_state"])
+        run.scheduler.load_state_dict(state["scheduler_state"])
+        if run.sem_optimizer is not None:
+            run.sem_optimizer.load_state_dict(state["sem_optimizer_state"])
+            run.sem_scheduler.load_state_dict(state["sem_scheduler_state"])
+        run.start, run.best = int(state["iteration"]), float(state["best_metric"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ResumeError(f"{run.latest}: incomplete or damaged training checkpoint ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); {way_out}") from exc
     log.info("resuming %s from %s at iteration %d", run.settings.run, run.latest, run.start)
 
 

@@ -169,7 +169,7 @@ def add_eval3d_sam2_arguments(parser) -> None:
 
 
 def run_eval3d_sam2(args) -> int:
-    from medpipe.interactive.sam2_baseline import build_video_predictor, evaluate_split
+    from medpipe.interactive.sam2_baseline import Sam2ConfigError, build_video_predictor, evaluate_split
 
     config = load_config(args.config)
     section = config["interactive"]
@@ -177,7 +177,12 @@ def run_eval3d_sam2(args) -> int:
     if args.model not in models:
         raise SystemExit(f"{args.config}: SAM2 model {args.model!r} is not in interactive.sam2 ({sorted(models)})")
     spec = models[args.model]
-    predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device), config["seed"])
+    try:
+        predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device),
+                                          config["seed"], section["trusted_sam2_configs"])
+    except Sam2ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     table = evaluate_split(predictor, DatasetStore(args.store), split_case_ids(args.splits, args.dataset, "test"),
                            "test", section["starts3d"], section["seeds"], args.model, section["min_object_px"])
     write_tsv(table, args.out)

@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from medpipe.config import sam2_config_path
 from medpipe.interactive.grid import volume_rng
 from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
 from medpipe.interactive.predictor import image_to_uint8_slices
@@ -31,13 +32,95 @@ COLUMNS = ["dataset", "split", "case", "model", "class_id", "class", "object", "
            "n_slices", "seed"]
 
 
-def build_video_predictor(config_file: str, checkpoint: str | None, device: str, seed: int):
-    """The sam2 video predictor from a package config; ``checkpoint`` None means random weights."""
-    import torch
-    from sam2.build_sam import build_sam2_video_predictor
+#: what ``sam2.build_sam.build_sam2_video_predictor`` overrides in every config (sam2 1.1)
+VIDEO_PREDICTOR_OVERRIDES = {
+    "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+    "model.binarize_mask_from_pts_for_mem_enc": True,
+    "model.fill_hole_area": 8,
+}
 
+
+class Sam2ConfigError(ValueError):
+    """A SAM2 config or checkpoint that medpipe refuses to build from; names the file."""
+
+
+def _targets(node, where="") -> list[tuple[str, str]]:
+    """Every ``(key path, _target_)`` in a config tree (hydra instantiates each of them)."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                found.append((where, str(value)))
+            found += _targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _targets(value, f"{where}.{index}")
+    return found
+
+
+def check_targets(config: dict, path) -> None:
+    """Refuse a config whose ``_target_`` is anything but a torch module class of the sam2 package.
+
+    The class is looked up (importing sam2 modules only) and must be defined in ``sam2``, so
+    ``sam2.build_sam.os.system`` or ``shutil.copyfile`` never reach ``instantiate``.
+    """
+    import torch
+    from hydra.utils import get_class
+
+    for where, target in _targets(config):
+        if target.split(".")[0] != "sam2":
+            raise Sam2ConfigError(f"{path}: {where}._target_ {target!r} is not a class of the sam2 package")
+        try:
+            cls = get_class(target)
+        except Exception as exc:
+            raise Sam2ConfigError(f"{path}: {where}._target_ {target!r} is not a class ({exc})") from exc
+        if not (cls.__module__.split(".")[0] == "sam2" and issubclass(cls, torch.nn.Module)):
+            raise Sam2ConfigError(f"{path}: {where}._target_ {target!r} is not a torch module of the sam2 package")
+
+
+def build_video_predictor(config_file: str, checkpoint: str | None, device: str, seed: int, trusted=()):
+    """The sam2 video predictor of a package config (or a ``trusted`` file); ``checkpoint`` None means
+    random weights.
+
+    What ``sam2.build_sam.build_sam2_video_predictor`` does, in the open: the config is resolved
+    by :func:`medpipe.config.sam2_config_path` (inside the package's configs folder, or listed as
+    trusted), every ``_target_`` is checked (:func:`check_targets`) before hydra instantiates the
+    model without weights, and the checkpoint's ``model`` state dict is read by medpipe's
+    weights-only loader and loaded with strict keys.
+    """
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from medpipe.files import TorchFileError, load_torch
+
+    try:
+        path = sam2_config_path(config_file, trusted)
+    except ValueError as exc:
+        raise Sam2ConfigError(f"interactive.sam2 config: {exc}") from exc
+    config = OmegaConf.load(path)
+    check_targets(OmegaConf.to_container(config), path)  # as written, before any key is overridden
+    for key, value in VIDEO_PREDICTOR_OVERRIDES.items():
+        OmegaConf.update(config, key, value, force_add=True)
+    OmegaConf.resolve(config)
+    check_targets(OmegaConf.to_container(config), path)
     torch.manual_seed(seed)
-    return build_sam2_video_predictor(config_file, checkpoint, device=device)
+    model = instantiate(config.model, _recursive_=True)
+    if checkpoint is not None:
+        try:
+            blob = load_torch(checkpoint)
+        except TorchFileError as exc:
+            raise Sam2ConfigError(str(exc)) from exc
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise Sam2ConfigError(f"{checkpoint}: not a SAM2 checkpoint (no 'model' state dict)")
+        try:
+            model.load_state_dict(blob["model"], strict=True)
+        except RuntimeError as exc:
+            raise Sam2ConfigError(f"{checkpoint}: does not match {config_file} ({str(exc).splitlines()[0]})") from exc
+    return model.to(device).eval()
 
 
 def write_frames(slices: np.ndarray, folder: Path) -> Path:

@@ -16,6 +16,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from medpipe.files import TorchFileError, load_torch
 from medpipe.models.names import MODEL_TYPES, RANDOM_INIT, checkpoint_label
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,14 @@ def build_tiny_sam() -> Sam:
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Read a flat SAM state dict with ``torch.load(weights_only=True)`` (checkpoints are pickles)."""
+    """Read a flat SAM state dict through :func:`medpipe.files.load_torch` (weights only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({exc})") from exc
+        state = load_torch(path)
+    except TorchFileError as exc:
+        raise CheckpointError(str(exc)) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
     if "model_state" in state:
@@ -105,7 +106,9 @@ def build_sam(model_type: str, checkpoint=None, device="cpu") -> Sam:
     """A ``segment_anything.Sam`` of ``model_type`` (vit_b, vit_l, vit_h, tiny).
 
     ``checkpoint`` is a path to a flat SAM state dict, loaded strictly, or ``None`` for random
-    init (named ``random-init`` in outputs). The model is returned in eval mode on ``device``.
+    init (named ``random-init`` in outputs). The model is returned in eval mode on ``device``. The
+    ``segment_anything`` builders are called without a checkpoint (they would ``torch.load`` it
+    unrestricted); the weights are read by :func:`read_state_dict`.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")

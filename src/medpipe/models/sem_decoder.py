@@ -84,8 +84,10 @@ def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
 
 
 def load_decoder(path) -> SemanticDecoder:
-    """Rebuild a decoder saved by :func:`save_decoder` (strict keys)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild a decoder saved by :func:`save_decoder` (strict keys; read weights-only)."""
+    from medpipe.files import load_torch
+
+    blob = load_torch(path)
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
         raise ValueError(f"{path}: not a medpipe semantic decoder file (needs 'config' and 'state_dict')")
     cfg = blob["config"]

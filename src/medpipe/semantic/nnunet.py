@@ -5,7 +5,9 @@ test cases in ``imagesTs``), write *our* train/val split as ``splits_final.json`
 nnU-Net trains on exactly the cases the other methods train on, plan and preprocess with a
 configurable planner, train fold 0 with ``nnUNetTrainerMedpipe`` (found through
 ``nnUNet_extTrainer``), predict the test cases with ``nnUNetPredictor`` and score them with
-medpipe's own metric.
+medpipe's own metric. The predictor gets the trained network from :func:`load_trained_model`, which
+reads ``checkpoint_final.pth`` with medpipe's weights-only loader (nnU-Net's own reader unpickles
+it without restriction).
 
 nnU-Net reads its folders and process counts from environment variables when it is imported, so
 :func:`configure_environment` must run before the first ``import nnunetv2``; run this module in its
@@ -205,6 +207,39 @@ def train(dataset_id: int, configuration: str, plans_identifier: str, schedule: 
     return Path(trainer.output_folder_base)
 
 
+def load_trained_model(predictor, model_folder, fold: int = 0, checkpoint_name: str = "checkpoint_final.pth"):
+    """``predictor.initialize_from_trained_model_folder`` (nnU-Net 2.x) with a weights-only checkpoint read.
+
+    The checkpoint holds numpy scalars (nnU-Net's training log), which the loader admits and which
+    rebuild values only; anything else that needs unpickling is refused and named.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medpipe.files import TorchFileError, load_torch
+
+    model_folder = Path(model_folder)
+    try:
+        checkpoint = load_torch(model_folder / f"fold_{fold}" / checkpoint_name, numpy_scalars=True)
+    except TorchFileError as exc:
+        raise NnUNetError(str(exc)) from exc
+    dataset_json = load_json(str(model_folder / "dataset.json"))
+    plans_manager = PlansManager(load_json(str(model_folder / "plans.json")))
+    configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+    trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
+    network = trainer_class.build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    network.load_state_dict(checkpoint["network_weights"])
+    predictor.manual_initialization(network, plans_manager, configuration_manager, [checkpoint["network_weights"]],
+                                    dataset_json, checkpoint["trainer_name"],
+                                    checkpoint.get("inference_allowed_mirroring_axes"))
+    return predictor
+
+
 def predict(model_folder, image_files: dict[str, list[Path]], out_folder, device,
             use_mirroring: bool) -> dict[str, Path]:
     """Predict every case (``case_id -> channel files``) without worker pools; returns the files."""
@@ -215,8 +250,7 @@ def predict(model_folder, image_files: dict[str, list[Path]], out_folder, device
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,),
-                                                   checkpoint_name="checkpoint_final.pth")
+    load_trained_model(predictor, model_folder)
     out_folder = Path(out_folder)
     out_folder.mkdir(parents=True, exist_ok=True)
     cases = sorted(image_files)
