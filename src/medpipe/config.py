@@ -64,16 +64,46 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """Validate ``config`` in place, fill defaults, normalise class ids to int; return it."""
     _check_results_dir(config, source)
     for dataset in (config.get("datasets") or {}).values():
-        if isinstance(dataset, dict) and isinstance(dataset.get("classes"), dict):
-            dataset["classes"] = {str(k): v for k, v in dataset["classes"].items()}
+        for key in ("classes", "label_map"):  # YAML gives int keys; JSON (and the schema) wants text
+            if isinstance(dataset, dict) and isinstance(dataset.get(key), dict):
+                dataset[key] = {str(k): v for k, v in dataset[key].items()}
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    for dataset in config["datasets"].values():
+    for name, dataset in config["datasets"].items():
         dataset["classes"] = {int(k): v for k, v in dataset["classes"].items()}
+        _check_dataset(name, dataset, source)
     return config
+
+
+def _check_dataset(name: str, spec: dict, source: str) -> None:
+    """Combinations of dataset keys the schema cannot express (docs/data-format.md)."""
+    problems = []
+    ndim = spec["ndim"]
+    labels = spec.get("labels")
+    merge = labels.get("merge", "single") if isinstance(labels, dict) else "single"
+    instances = spec.get("label_kind") == "instances"
+    if instances and set(spec.get("roles", [])) - {"finetune"}:
+        problems.append("label_kind: instances (object ids, not classes) is only for role finetune")
+    if (merge == "instance_per_file" or spec.get("layout") == "sa_med2d") and not instances:
+        problems.append("instance labels (labels.merge: instance_per_file, layout: sa_med2d) need "
+                        "label_kind: instances")
+    if merge == "class_per_file" and not labels.get("class_name"):
+        problems.append("labels.merge: class_per_file needs labels.class_name")
+    if spec.get("layout") == "sa_med2d" and ndim != 2:
+        problems.append("layout: sa_med2d is a 2D corpus (ndim: 2)")
+    if spec.get("stack") and ndim != 3:
+        problems.append("stack: true builds volumes (ndim: 3)")
+    for key in ("crop", "channel_axis"):
+        if spec.get(key) and ndim != 2:
+            problems.append(f"{key} is for 2D datasets (ndim: 2)")
+    if spec.get("axes") and ndim != 3:
+        problems.append("axes is for volumes (ndim: 3)")
+    if problems:
+        lines = [f"{source}: datasets.{name}: {problem}" for problem in problems]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
 def load_config(path: str | os.PathLike) -> dict:
