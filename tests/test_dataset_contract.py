@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 import medpipe.data.ingest as ingest
 from medpipe.config import ConfigError, validate_config
-from medpipe.io.cases import case_id_problem, discover_cases, find
+from medpipe.io.cases import case_id_problem, find
 from medpipe.io.layouts.sa_med2d import iter_index
 from medpipe.io.quarantine import read_quarantine
 from medpipe.store import DatasetStore, StoreWriter
