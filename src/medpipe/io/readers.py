@@ -295,8 +295,19 @@ def _read_dicom_series(path: Path):
     if len(series_ids) > 1:
         raise ReadError(f"{path}: folder holds {len(series_ids)} DICOM series; expected exactly one per folder")
     try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_ids[0])
+    except Exception as exc:
+        raise ReadError(f"{path}: cannot list the DICOM series ({type(exc).__name__}: {exc})") from exc
+    # GDCM leaves out files it cannot parse: a damaged slice would silently shorten the volume
+    members = {Path(name).resolve() for name in names}
+    others = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.resolve() not in members)
+    if others:
+        raise ReadError(f"{path}: {len(others)} file(s) of the folder are not readable slices of its DICOM "
+                        f"series (first: {others[0]})")
+    try:
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_ids[0]))
+        reader.SetFileNames(names)
         image = reader.Execute()
     except Exception as exc:
         raise ReadError(f"{path}: cannot read DICOM series ({type(exc).__name__}: {exc})") from exc
