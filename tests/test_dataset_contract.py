@@ -113,6 +113,12 @@ def test_invalid_case_ids_are_quarantined_and_ingest_goes_on():
     assert store.case_ids == ["dots", "good"]
     assert set(refused) == {"__bad", "zarr.json", "ctl\x01x"}
     assert all("invalid case id" in problem for problem in refused.values())
+    # a patient id with a control character (it would break the TSV tables)
+    png("img/p\tq_1.png", image(1))
+    png("lab/p\tq_1.png", box((8, 10), slice(0, 2), slice(0, 2)))
+    _, store, rows = run({"images": "img/p*_1.png", "labels": "lab/p*_1.png", "case_id": r"_(?P<case>1)\.png",
+                          "patient_id": r"^(?P<patient>[^_]+)_"}, name="patient")
+    assert store.case_ids == [] and "invalid patient id" in rows[0].problem
     # a case_format that builds a path separator
     _, store, rows = run({"images": "img/good.png", "labels": "lab/good.png", "ids_from": "relpath",
                           "case_id": r"(?P<a>goo)(?P<b>d)", "case_format": "{a}/{b}"}, name="sep")

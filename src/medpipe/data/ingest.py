@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SPACING_RTOL = 1e-3  # image and label spacing further apart than this is logged
 INSTANCE_DTYPE = np.dtype(np.uint16)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 __all__ = ["CaseProblem", "IngestReport", "count_non_finite", "ingest_dataset", "label_dtype", "label_summary"]
 
@@ -243,6 +245,11 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
                 refuse(item)
                 continue
             case = item
+            if _CONTROL.search(case.patient_id) or not case.patient_id:
+                refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text,
+                                     f"{case.image_text}: invalid patient id {case.patient_id!r}: empty or "
+                                     "contains a control character"))
+                continue
             try:
                 _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher, layout)
             except (ReadError, CaseProblem) as exc:

@@ -30,6 +30,7 @@ log = logging.getLogger("medpipe.ingest")
 
 MERGE_RULES = ("single", "union", "class_per_file", "instance_per_file")
 MAX_ID_BYTES = 255  # one file-system name (a case is a folder of the store)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DatasetConfigError(ValueError):
@@ -192,7 +193,7 @@ def case_id_problem(case_id: str) -> str | None:
         return f"invalid case id {case_id!r}: empty or a relative folder name"
     if "/" in case_id or "\\" in case_id:
         return f"invalid case id {case_id!r}: contains a path separator"
-    if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
+    if _CONTROL.search(case_id):
         return f"invalid case id {case_id!r}: contains a control character"
     if case_id.startswith("__") or case_id == "zarr.json":
         return f"invalid case id {case_id!r}: reserved by zarr"

@@ -137,6 +137,7 @@ def discover(dataset: str, spec: dict) -> Iterator[CaseFiles | QuarantineRow]:
     if not index.is_file():
         raise DatasetConfigError(f"datasets.{dataset}.index: {index} is not a file (relative to {Path.cwd()})")
     folder = index.parent
+    base = str(folder)
     include = compile_regex(spec, "include", (), dataset)
     patient_re = compile_regex(spec, "patient_id", ("patient",), dataset)
     skipped = 0
@@ -146,21 +147,21 @@ def discover(dataset: str, spec: dict) -> Iterator[CaseFiles | QuarantineRow]:
             if include is not None and not include.search(name):
                 skipped += 1
                 continue
-            image = folder / key
+            image = os.path.join(base, key)
             case_id = name[: -len(".png")] if name.lower().endswith(".png") else name.rsplit(".", 1)[0]
             problem = case_id_problem(case_id)
             if problem is None and (not isinstance(masks, list) or not all(isinstance(m, str) for m in masks)):
                 problem = f"{index}: entry {key!r} is not a list of mask paths"
             mask_names = sorted(masks) if problem is None else []
-            label_text = ";".join(str(folder / m) for m in mask_names)
+            mask_paths = [os.path.join(base, m) for m in mask_names]
             if problem is None and not mask_names:
                 problem = f"{image}: the index lists no mask for this image (empty label)"
-            if problem is None and not image.is_file():
+            if problem is None and not os.path.isfile(image):
                 problem = f"{image}: image listed in the index does not exist"
             if problem is None:
-                missing = [m for m in mask_names if not (folder / m).is_file()]
+                missing = [m for m in mask_paths if not os.path.isfile(m)]
                 if missing:
-                    problem = f"{folder / missing[0]}: mask listed in the index does not exist" + (
+                    problem = f"{missing[0]}: mask listed in the index does not exist" + (
                         f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             patient_id = patient_of(case_id)
             if problem is None and patient_re is not None:
@@ -170,9 +171,9 @@ def discover(dataset: str, spec: dict) -> Iterator[CaseFiles | QuarantineRow]:
                 else:
                     patient_id = match.group("patient")
             if problem is not None:
-                yield QuarantineRow(dataset, case_id, str(image), label_text, problem)
+                yield QuarantineRow(dataset, case_id, image, ";".join(mask_paths), problem)
                 continue
-            yield CaseFiles(case_id, patient_id, (image,), tuple(folder / m for m in mask_names),
+            yield CaseFiles(case_id, patient_id, (Path(image),), tuple(map(Path, mask_paths)),
                             extra={"masks": mask_names})
     except (IndexError_, UnicodeDecodeError) as exc:
         raise DatasetConfigError(f"datasets.{dataset}.index: {exc}") from exc
