@@ -452,6 +452,19 @@ def test_sa_med2d_rules(in_tmp):
     assert store.case_ids == [ct] and len(rows) == 2
 
 
+def test_sa_med2d_image_listed_twice_is_refused_once(in_tmp):
+    root = in_tmp / "SAMed2Dv1"
+    name = "ct_00--Src--c1--z_0001"
+    write_corpus(root, {f"{name}.png": [f"{name}--0001_000.png"]}, {f"{name}--0001_000.png": box((4, 4), 0, 0, 255)},
+                 {f"{name}.png": image(1, (4, 4))})
+    text = (root / "SAMed2D_v1.json").read_text()
+    (root / "SAMed2D_v1.json").write_text(text.rstrip().rstrip("}") + f', "images/{name}.png": '
+                                          f'["masks/{name}--0001_000.png"]}}')
+    _, store, rows = run({**SA_SPEC, "index": "SAMed2Dv1/SAMed2D_v1.json"})
+    assert store.case_ids == [name] and store.label(name)[0, 0] == 1
+    assert len(rows) == 1 and "listed again" in rows[0].problem
+
+
 def test_index_is_streamed_in_blocks_with_escapes_and_odd_spacing(in_tmp):
     entries = {f"images/é\"{i}.png": [f"masks/m{i}\\u{j}.png" for j in range(i % 3)] for i in range(50)}
     text = json.dumps(entries, indent=None, separators=(" ,\n ", " :  "))

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ["dataset", "case_id", "patient_id", "modality", "split"]
-BLOCK_ROWS = 200_000  # rows per block when reading or writing a table
+BLOCK_ROWS = 200_000  # rows per block when reading a table or hashing groups
+WRITE_ROWS = 50_000  # rows per block when writing a table (pandas makes Python strings of a block)
 SEP = b"\x1f"
 
 
@@ -108,24 +109,23 @@ class CaseTable:
     @classmethod
     def from_stores(cls, paths) -> CaseTable:
         """The cases of dataset stores, read from their case index (no per-case metadata reads)."""
+        stores = [DatasetStore(path) for path in paths]
+        datasets = sorted({store.name for store in stores})
+        modalities = sorted({store.modality for store in stores})
         parts = []
-        for path in paths:
-            store = DatasetStore(path)
+        for store in stores:
             cases, patients = store.case_index()
-            parts.append((np.full(len(cases), store.name.encode()), np.full(len(cases), store.modality.encode()),
-                          cases, patients))
+            parts.append((np.full(len(cases), datasets.index(store.name), dtype=np.int32),
+                          np.full(len(cases), modalities.index(store.modality), dtype=np.int32), cases, patients))
         if not parts:
             return cls.build([], [], [], [])
-        return cls.build(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+        if len(parts) == 1:  # one store: no copy of its (possibly millions of) ids
+            return cls(datasets, modalities, *parts[0])
+        return cls(datasets, modalities, *(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
     def sort_order(self) -> np.ndarray:
         """Row order by (dataset, case id): the order of every written table."""
         return np.lexsort((self.case_id, self.dataset))
-
-    def group_keys(self) -> np.ndarray:
-        """``dataset \\x1f patient`` per case: the key of a patient group."""
-        names = np.array([d.encode() for d in self.datasets] or [b""])
-        return np.char.add(np.char.add(names[self.dataset], SEP), self.patient_id)
 
     def columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {
@@ -149,8 +149,8 @@ class CaseTable:
         order = self.sort_order()
         header = True
         with files.atomic_path(path) as tmp:
-            for lo in range(0, max(len(order), 1), BLOCK_ROWS):
-                rows = order[lo:lo + BLOCK_ROWS]
+            for lo in range(0, max(len(order), 1), WRITE_ROWS):
+                rows = order[lo:lo + WRITE_ROWS]
                 data = self.columns(rows)
                 data["split"] = np.array(SPLITS, dtype=object)[split[rows]]
                 for name, values in (extra or {}).items():
@@ -250,13 +250,18 @@ def _read_columns(path, columns) -> dict[str, np.ndarray]:
 
 
 def _groups(table: CaseTable):
-    """Patient groups: ``(group of each case, key, modality code, size)`` per group, groups sorted
-    by key. A group's modality is the first (in name order) of its cases' modalities."""
-    keys = table.group_keys()
-    unique, group_of_case, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+    """Patient groups: ``(group of each case, key, modality code, size)`` per group (key =
+    ``dataset \x1f patient``). A group's modality is the first (in name order) of its cases'
+    modalities. Grouping runs on integer codes; byte-string keys are built per group only."""
+    patients, patient_code = np.unique(table.patient_id, return_inverse=True)
+    combined = table.dataset.astype(np.int64) * max(len(patients), 1) + patient_code
+    unique, group_of_case, sizes = np.unique(combined, return_inverse=True, return_counts=True)
+    names = np.array([d.encode() for d in table.datasets] or [b""])
+    keys = np.char.add(np.char.add(names[unique // max(len(patients), 1)], SEP),
+                       patients[unique % max(len(patients), 1)] if len(patients) else np.zeros(0, "S1"))
     modality = np.full(len(unique), np.iinfo(np.int32).max, dtype=np.int32)
     np.minimum.at(modality, group_of_case, table.modality)
-    return group_of_case, unique, modality, sizes
+    return group_of_case, keys, modality, sizes
 
 
 def _group_hashes(seed: int, prefix: tuple[str, ...], modality: str, keys: np.ndarray) -> np.ndarray:
@@ -278,11 +283,12 @@ def assign_codes(table: CaseTable, fractions: dict, seed: int, fixed: Fixed | No
     """
     weights = _validate_fractions(fractions)
     order = np.lexsort((table.case_id, table.dataset))
-    same = (table.dataset[order][1:] == table.dataset[order][:-1]) & (
-        table.case_id[order][1:] == table.case_id[order][:-1])
+    cases, datasets = table.case_id[order], table.dataset[order]
+    same = (datasets[1:] == datasets[:-1]) & (cases[1:] == cases[:-1])
     if same.any():
-        duplicated = sorted({v.decode() for v in table.case_id[order][1:][same][:10].tolist()})
+        duplicated = sorted({v.decode() for v in cases[1:][same][:10].tolist()})
         raise SplitError(f"duplicate case ids: {duplicated}")
+    del order, cases, datasets, same
     group_of_case, keys, modality, sizes = _groups(table)
     group_split = (fixed or Fixed.empty()).lookup(keys)
     targets = [weights[name] for name in SPLITS]

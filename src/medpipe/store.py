@@ -182,6 +182,9 @@ class StoreWriter:
         if self.partial.exists():  # not published: an error happened
             shutil.rmtree(self.partial, ignore_errors=True)
 
+    def has_case(self, case_id: str) -> bool:
+        return case_id in self._cases
+
     def case_group(self, case_id: str) -> zarr.Group:
         """A new, empty case group; fill it, then call :meth:`case_done` (or :meth:`discard_case`)."""
         return self._cases.create_group(case_id)

@@ -250,6 +250,10 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
                                      f"{case.image_text}: invalid patient id {case.patient_id!r}: empty or "
                                      "contains a control character"))
                 continue
+            if writer.has_case(case.case_id):  # a layout listing one image twice (files: refused earlier)
+                refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text,
+                                     f"duplicate case id {case.case_id!r}: listed again ({case.image_text})"))
+                continue
             try:
                 _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher, layout)
             except (ReadError, CaseProblem) as exc:
