@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dag_fixtures import REPO_ROOT, STUDY, job_counts, placeholder_config, snakemake, timed_dry_run
+from dag_fixtures import REPO_ROOT, STUDY, job_counts, label_glob, placeholder_config, snakemake, timed_dry_run
 
 PROFILES = REPO_ROOT / "profiles"
 A100 = PROFILES / "slurm-a100" / "config.yaml"
@@ -21,8 +21,10 @@ TEST_PROFILE = REPO_ROOT / "tests" / "slurm" / "profile" / "config.yaml"
 
 # SPEC 3.7; `micro_usp` of the semantic 3D list is the same data as `microusp`
 PAPER_DATASETS = {
+    # papila as two entries: its disc and cup overlap, and the paper evaluated them separately
     "interactive2d": {"camus", "uwaterloo_skin", "montgomery", "sega", "duke_liver", "piccolo", "cbis_ddsm", "dca1",
-                      "papila", "jnu-ifm", "siim_acr", "m2caiseg", "toothfairy", "spider", "han-seg", "microusp"},
+                      "papila_disc", "papila_cup", "jnu-ifm", "siim_acr", "m2caiseg", "toothfairy", "spider", "han-seg",
+                      "microusp"},
     "interactive3d": {"lgg_mri", "microusp", "kits", "duke_liver", "segthy", "osic_pulmofib"},
     "semantic2d": {"oimhs", "isic", "dca1", "cbis_ddsm", "piccolo", "hil_toothseg"},
     "semantic3d": {"osic_pulmofib", "duke_liver", "oasis", "lgg_mri", "leg_3d_us", "microusp"},
@@ -114,15 +116,23 @@ def test_study_config_is_valid_and_holds_the_papers_datasets():
         "medsam", "simpleft", "medicosam_p60", "medicosam_full"}
     # every path is a placeholder the user fills in, never a path of this machine
     for spec in config["datasets"].values():
-        assert spec["images"].startswith("/path/to/data/") and spec["labels"].startswith("/path/to/data/")
+        paths = [spec["index"]] if spec.get("layout") == "sa_med2d" else [spec["images"], label_glob(spec)]
+        assert all(path.startswith("/path/to/data/") for path in paths), paths
+        assert not any("convert" in str(value).lower() for value in spec.values())
+    assert "converted" not in STUDY.read_text() and "renamed" not in STUDY.read_text()
 
 
 def test_placeholder_tree_matches_every_glob(study_tree):
     root, configfile = study_tree
+    from medpipe.io.cases import find
+
     config = yaml.safe_load(configfile.read_text())
     assert "/path/to" not in configfile.read_text()
     for name, spec in config["datasets"].items():
-        assert len(list(Path(spec["images"]).parent.glob(Path(spec["images"]).name))) == 2, name
+        if spec.get("layout") == "sa_med2d":
+            assert Path(spec["index"]).is_file(), name
+            continue
+        assert len(find(spec["images"])) == 2 and len(find(label_glob(spec))) == 2, name
 
 
 @pytest.mark.slow
@@ -140,15 +150,16 @@ def test_dry_run_job_counts_match_the_config(study_tree, study_rules):
 
 
 def test_expected_counts_of_the_paper_study_by_hand():
-    """6 models (sam, medsam + 4 finetune runs) x 16 / 6 datasets; semantic: SAM-UNETR 6 datasets x
-    (6 random + 1 pretrained decoder), MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each."""
+    """6 models (sam, medsam + 4 finetune runs) x 17 / 6 datasets; semantic: SAM-UNETR 6 datasets x
+    (6 random + 1 pretrained decoder), MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each. 34
+    entries: 8 SA-Med2D modalities + 25 evaluation datasets, papila as two (disc, cup)."""
     counts = expected_counts(resolved(STUDY))
-    assert counts["ingest"] == counts["split"] == 35
+    assert counts["ingest"] == counts["split"] == 34
     assert counts["finetune"] == 4 and counts["export_model"] == 3 and counts["export_model_with_decoder"] == 1
     # one job per setting: 2D point/box x mask prompts off/on, 3D box/point; one embedding job per
-    # model and dataset (duke_liver and microusp have both roles: 16 + 6 - 2 = 20 datasets)
-    assert counts["interactive2d"] == 96 * 4 and counts["interactive3d"] == 36 * 2
-    assert counts["interactive_embed"] == 6 * 20
+    # model and dataset (duke_liver and microusp have both roles: 17 + 6 - 2 = 21 datasets)
+    assert counts["interactive2d"] == 6 * 17 * 4 and counts["interactive3d"] == 36 * 2
+    assert counts["interactive_embed"] == 6 * 21
     assert counts["semantic_run"] == 42 + 36 + 12 + 12
     assert "synth" not in counts
 
@@ -167,7 +178,7 @@ def test_study_config_replaces_the_demo_config(study_tree, tmp_path):
     assert result.returncode == 0, output[-3000:]
     counts = job_counts(output)
     assert "synth" not in counts, "the demo datasets were merged into the study config"
-    assert counts["ingest"] == 35
+    assert counts["ingest"] == 34
 
 
 @pytest.mark.slow

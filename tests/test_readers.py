@@ -166,6 +166,40 @@ def test_dicom_folder_with_two_series_is_refused(tmp_path):
         read_image(tmp_path / "empty")
 
 
+def test_dicom_series_with_a_damaged_slice_is_refused_not_shortened(tmp_path):
+    """GDCM leaves out a file it cannot parse; the volume must not silently lose that slice."""
+    make_ct_series(tmp_path / "s", n_slices=3)
+    for path in sorted((tmp_path / "s").iterdir()):  # any extension (Duke: .dicom)
+        path.rename(path.with_suffix(".dicom"))
+    assert read_image(tmp_path / "s")[1].shape == (3, 128, 128)
+    (tmp_path / "s" / ".DS_Store").write_bytes(b"x")  # hidden files are not slices
+    assert read_image(tmp_path / "s")[1].shape == (3, 128, 128)
+    damaged = sorted((tmp_path / "s").glob("*.dicom"))[1]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ReadError, match=r"1 file\(s\) of the folder are not readable slices .*slice_002\.dicom"):
+        read_image(tmp_path / "s")
+
+
+def test_npy_pgm_and_one_bit_png(tmp_path):
+    volume = RNG.integers(-100, 100, (3, 4, 5)).astype(np.int16)
+    np.save(tmp_path / "v.npy", volume)
+    array, meta = read_image(tmp_path / "v.npy", chunks=(2, None, None))
+    assert isinstance(array, da.Array) and array.chunks[0] == (2, 1) and meta.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(array.compute(), volume)
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ReadError, match=r"o\.npy"):
+        read_image(tmp_path / "o.npy")
+    from PIL import Image
+
+    grey = RNG.integers(0, 256, (6, 7)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.pgm")
+    np.testing.assert_array_equal(read_image(tmp_path / "g.pgm")[0], grey)
+    Image.fromarray(grey > 128).convert("1").save(tmp_path / "m.png")
+    mask, _ = read_image(tmp_path / "m.png")
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, (grey > 128).astype(np.uint8))
+
+
 def test_unknown_extension_and_corrupt_files_name_the_file(tmp_path):
     (tmp_path / "notes.xyz").write_text("hello")
     with pytest.raises(ReadError, match=r"notes\.xyz: unknown image file extension"):

@@ -136,14 +136,14 @@ def _classes_as_text(config: dict, source: str) -> list[str]:
     return problems
 
 
-def _check_regex(spec: dict, key: str, group: str, where: str) -> str | None:
+def _check_regex(spec: dict, key: str, group: str | None, where: str) -> str | None:
     if spec.get(key) is None:
         return None
     try:
         pattern = re.compile(spec[key])
     except re.error as exc:
         return f"{where}.{key}: invalid regex {spec[key]!r} ({exc})"
-    if group not in pattern.groupindex:
+    if group is not None and group not in pattern.groupindex:
         return f"{where}.{key}: regex {spec[key]!r} has no group named {group!r} (write (?P<{group}>...))"
     return None
 
@@ -191,7 +191,9 @@ def _references(config: dict) -> list[str]:
     problems = []
     for name, spec in config["datasets"].items():
         where = f"datasets.{name}"
-        problems += filter(None, [_check_regex(spec, "case_id", "case", where),
+        problems += _dataset_problems(name, spec)
+        case_group = None if spec.get("case_format") else "case"  # case_format names its own groups
+        problems += filter(None, [_check_regex(spec, "case_id", case_group, where),
                                   _check_regex(spec, "patient_id", "patient", where)])
         too_big = sorted(int(k) for k in spec["classes"] if int(k) > MAX_CLASS_ID)
         if too_big:
@@ -265,6 +267,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
     """
     _check_results_dir(config, source)
     problems = _classes_as_text(config, source)
+    for dataset in (config.get("datasets") or {}).values():
+        if isinstance(dataset, dict) and isinstance(dataset.get("label_map"), dict):
+            dataset["label_map"] = {str(k): v for k, v in dataset["label_map"].items()}
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     problems += [f"{source}: {_key_path(e)}: {_message(e)}" for e in errors]
@@ -276,6 +281,32 @@ def validate_config(config: dict, source: str = "config") -> dict:
     for dataset in config["datasets"].values():
         dataset["classes"] = {int(k): v for k, v in dataset["classes"].items()}
     return config
+
+
+def _dataset_problems(name: str, spec: dict) -> list[str]:
+    """Combinations of dataset keys the schema cannot express (docs/data-format.md)."""
+    problems = []
+    ndim = spec["ndim"]
+    labels = spec.get("labels")
+    merge = labels.get("merge", "single") if isinstance(labels, dict) else "single"
+    instances = spec.get("label_kind") == "instances"
+    if instances and set(spec.get("roles", [])) - {"finetune"}:
+        problems.append("label_kind: instances (object ids, not classes) is only for role finetune")
+    if (merge == "instance_per_file" or spec.get("layout") == "sa_med2d") and not instances:
+        problems.append("instance labels (labels.merge: instance_per_file, layout: sa_med2d) need "
+                        "label_kind: instances")
+    if merge == "class_per_file" and not labels.get("class_name"):
+        problems.append("labels.merge: class_per_file needs labels.class_name")
+    if spec.get("layout") == "sa_med2d" and ndim != 2:
+        problems.append("layout: sa_med2d is a 2D corpus (ndim: 2)")
+    if spec.get("stack") and ndim != 3:
+        problems.append("stack: true builds volumes (ndim: 3)")
+    for key in ("crop", "channel_axis"):
+        if spec.get(key) and ndim != 2:
+            problems.append(f"{key} is for 2D datasets (ndim: 2)")
+    if spec.get("axes") and ndim != 3:
+        problems.append("axes is for volumes (ndim: 3)")
+    return [f"datasets.{name}: {problem}" for problem in problems]
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

@@ -173,3 +173,13 @@ def sha256_of(path: str | os.PathLike) -> str:
     for member in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(f"{member.relative_to(path).as_posix()}\t{_file_digest(member)}\n".encode())
     return digest.hexdigest()
+
+
+def sha256_of_files(paths, root: str | os.PathLike) -> str:
+    """Hex SHA-256 of several files that form one source (the slices of a stack, the mask files of
+    one label): of the lines ``<path relative to root>\\t<sha256_of(path)>\\n`` in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        relative = os.path.relpath(path, root).replace(os.sep, "/")
+        digest.update(f"{relative}\t{sha256_of(path)}\n".encode())
+    return digest.hexdigest()

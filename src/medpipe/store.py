@@ -19,8 +19,10 @@ import zarr
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: case ids in the `index` arrays (1: a JSON list in attrs.case_ids; still read)
+READABLE_VERSIONS = (1, 2)
 COMPLETE_FLAG = "complete"
+INDEX_ROWS = 65536  # rows per chunk of the index arrays
 
 
 class StoreError(RuntimeError):
@@ -42,8 +44,10 @@ class DatasetStore:
     """A read-only view on one ingested dataset.
 
     Images are (Y, X), (Y, X, C) for RGB, or (Z, Y, X) for volumes; labels share the spatial
-    shape and hold semantic class ids (0 = background). Opening refuses stores whose ingest did
-    not finish, so a killed ingest can never be mistaken for a complete dataset.
+    shape and hold semantic class ids (0 = background), or object ids when ``label_kind`` is
+    ``instances``. Opening refuses stores whose ingest did not finish, so a killed ingest can
+    never be mistaken for a complete dataset. The case list lives in the ``index`` arrays, read
+    only when asked for: a corpus of millions of images opens as fast as a small dataset.
     """
 
     def __init__(self, path: str | Path):
@@ -55,7 +59,7 @@ class DatasetStore:
         except Exception as exc:  # zarr raises several types for a broken store
             raise StoreError(f"{self.path}: not a readable zarr group ({exc})") from exc
         meta = self._root.attrs.get("medpipe", {})
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise StoreError(f"{self.path}: unknown medpipe format version {meta.get('format_version')!r}")
         if not meta.get(COMPLETE_FLAG, False):
             raise StoreError(f"{self.path}: ingest did not complete (store is not marked complete)")
@@ -78,8 +82,36 @@ class DatasetStore:
         return {int(k): v for k, v in self._attrs["dataset"]["classes"].items()}
 
     @property
+    def label_kind(self) -> str:
+        """``classes`` (label values are class ids) or ``instances`` (object ids 1..N per image)."""
+        return self._attrs["dataset"].get("label_kind", "classes")
+
+    def case_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(case ids, patient ids)`` as numpy byte-string arrays (UTF-8), sorted by case id.
+
+        No Python object per case: this is how stages that must scale to millions of cases
+        (splits) read the case list.
+        """
+        if self._attrs["medpipe"]["format_version"] == 1:
+            ids = list(self._attrs["case_ids"])
+            patients = [self.info(case_id).patient_id for case_id in ids]
+            return (np.array([i.encode() for i in ids], dtype=bytes if ids else "S1"),
+                    np.array([p.encode() for p in patients], dtype=bytes if ids else "S1"))
+        index = self._root["index"]
+        return _unpack(index["case_id"][...]), _unpack(index["patient_id"][...])
+
+    @property
+    def case_count(self) -> int:
+        if self._attrs["medpipe"]["format_version"] == 1:
+            return len(self._attrs["case_ids"])
+        return int(self._root["index"]["case_id"].shape[0])
+
+    @property
     def case_ids(self) -> list[str]:
-        return list(self._attrs["case_ids"])
+        """Sorted case ids as a list (convenient for datasets; a corpus should use :meth:`case_index`)."""
+        if self._attrs["medpipe"]["format_version"] == 1:
+            return list(self._attrs["case_ids"])
+        return [value.decode() for value in self.case_index()[0].tolist()]
 
     def _case(self, case_id: str) -> zarr.Group:
         try:
@@ -135,7 +167,7 @@ def remove_stale(out: str | Path) -> list[Path]:
     out = Path(out)
     if not out.parent.is_dir():
         return []
-    pattern = re.compile(re.escape(out.name) + r"\.(partial|old)-(\d+)")
+    pattern = re.compile(re.escape(out.name) + r"\.(partial|old)-(\d+)(\.ids)?")
     removed = []
     for path in sorted(out.parent.iterdir()):
         match = pattern.fullmatch(path.name)
@@ -145,7 +177,10 @@ def remove_stale(out: str | Path) -> list[Path]:
             os.replace(path, out)
             log.warning("%s: restored the previous store from %s (its writer died while replacing it)", out, path)
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         log.warning("removed %s, left behind by a writer (process %s) that no longer runs", path, match.group(2))
         removed.append(path)
     return removed
@@ -162,10 +197,12 @@ class StoreWriter:
     :meth:`write_case` stores small in-memory cases whole (tests, generated data).
     """
 
-    def __init__(self, out: str | Path, name: str, modality: str, ndim: int, classes: dict):
+    def __init__(self, out: str | Path, name: str, modality: str, ndim: int, classes: dict,
+                 label_kind: str = "classes"):
         self.out = Path(out)
         self.partial = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
         remove_stale(self.out)
+        self._ids_path = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}.ids")
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,24 +213,40 @@ class StoreWriter:
             "modality": modality,
             "ndim": int(ndim),
             "classes": {str(k): v for k, v in sorted(classes.items(), key=lambda kv: int(kv[0]))},
+            "label_kind": label_kind,
         }
-        self._root.attrs["case_ids"] = []
         self._cases = self._root.create_group("cases")
-        self._written: list[str] = []
+        # written cases go to a side file, one `case_id<TAB>patient_id` line each, not to a Python
+        # list: the case list of a corpus of millions of images is never held as Python objects
+        self._ids = open(self._ids_path, "w", encoding="utf-8", newline="\n")  # closed in publish/__exit__
+        self._count = 0
 
     def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._ids.close()
+        if self._ids_path.exists():
+            self._ids_path.unlink()
         if self.partial.exists():  # not published: an error happened
             shutil.rmtree(self.partial, ignore_errors=True)
+
+    def has_case(self, case_id: str) -> bool:
+        return case_id in self._cases
 
     def case_group(self, case_id: str) -> zarr.Group:
         """A new, empty case group; fill it, then call :meth:`case_done` (or :meth:`discard_case`)."""
         return self._cases.create_group(case_id)
 
-    def case_done(self, case_id: str) -> None:
-        self._written.append(case_id)
+    def case_done(self, case_id: str, patient_id: str | None = None) -> None:
+        """Record a finished case (its patient id is read from its attributes when not given)."""
+        if patient_id is None:
+            patient_id = self._cases[case_id].attrs["patient_id"]
+        for value in (case_id, patient_id):
+            if any(ord(c) < 32 for c in value):
+                raise ValueError(f"case {case_id!r}: ids must not contain control characters ({value!r})")
+        self._ids.write(f"{case_id}\t{patient_id}\n")
+        self._count += 1
 
     def discard_case(self, case_id: str) -> None:
         """Remove a case that failed half-way (it will not be listed)."""
@@ -211,15 +264,27 @@ class StoreWriter:
                             "spacing": [float(s) for s in spacing], "orientation": orientation,
                             "source": source or {}, "sha256": sha256 or {},
                             "shape": [int(n) for n in np.shape(image)], "dtype": str(np.asarray(image).dtype)})
-        self.case_done(case_id)
+        self.case_done(case_id, patient_id)
 
     @property
-    def case_ids(self) -> list[str]:
-        return sorted(self._written)
+    def case_count(self) -> int:
+        return self._count
+
+    def _write_index(self) -> None:
+        """The ``index`` arrays: case and patient ids (UTF-8, zero-padded rows), sorted by case id."""
+        self._ids.close()
+        cases, patients = _read_id_lines(self._ids_path)
+        order = np.argsort(cases, kind="stable")
+        index = self._root.create_group("index")
+        for name, values in (("case_id", cases[order]), ("patient_id", patients[order])):
+            packed = _pack(values)
+            index.create_array(name, data=packed, chunks=(INDEX_ROWS, packed.shape[1]),
+                               dimension_names=["case", "byte"])
+        self._root.attrs["case_count"] = int(len(cases))
 
     def publish(self) -> Path:
         """Mark the store complete (the last write) and move it into place."""
-        self._root.attrs["case_ids"] = self.case_ids
+        self._write_index()
         self._root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, COMPLETE_FLAG: True}
         if self.out.exists():
             old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
@@ -229,3 +294,43 @@ class StoreWriter:
         else:
             os.replace(self.partial, self.out)
         return self.out
+
+
+# ------------------------------------------------------------------------------ the case index
+
+
+def _pack(values: np.ndarray) -> np.ndarray:
+    """A byte-string array as a uint8 matrix (one zero-padded row per string; at least 1 column)."""
+    width = max(int(values.dtype.itemsize), 1)
+    return np.ascontiguousarray(values.astype(f"S{width}")).view(np.uint8).reshape(len(values), width)
+
+
+def _unpack(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.uint8)
+    return matrix.view(f"S{matrix.shape[1]}").reshape(matrix.shape[0])
+
+
+def _read_id_lines(path: Path, rows_per_block: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """Parse ``case<TAB>patient<NEWLINE>`` lines into two byte-string arrays, block by block with
+    numpy (no Python object per line)."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    if len(ends) == 0:
+        return np.zeros(0, dtype="S1"), np.zeros(0, dtype="S1")
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    tabs = np.flatnonzero(raw == 9)
+    if len(tabs) != len(ends):
+        raise ValueError(f"{path}: malformed case list ({len(ends)} lines, {len(tabs)} tabs)")
+    case_len, patient_len = tabs - starts, ends - tabs - 1
+    out = []
+    for first, length in ((starts, case_len), (tabs + 1, patient_len)):
+        width = max(int(length.max()) if len(length) else 1, 1)
+        matrix = np.zeros((len(first), width), dtype=np.uint8)
+        columns = np.arange(width)
+        for lo in range(0, len(first), rows_per_block):
+            hi = min(lo + rows_per_block, len(first))
+            take = columns[None, :] < length[lo:hi, None]
+            positions = first[lo:hi, None] + columns[None, :]
+            matrix[lo:hi][take] = raw[positions[take]]
+        out.append(matrix.view(f"S{width}").reshape(len(first)))
+    return out[0], out[1]

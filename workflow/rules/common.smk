@@ -166,12 +166,16 @@ def ingest_inputs(wildcards):
     """The folders holding a dataset's raw files (or the synth folder that will hold them).
 
     Folders, not files: listing millions of raw files as inputs would make every dry run slow;
-    adding or removing a file changes the folder's mtime, which still reruns the ingest.
+    adding or removing a file changes the folder's mtime, which still reruns the ingest. A
+    `layout: sa_med2d` corpus is its JSON index file (it lists every image and mask).
     """
     spec = config["datasets"][wildcards.dataset]
     if "synth" in spec:
         return [f"{SYNTH_ROOT}/{wildcards.dataset}"]
-    return sorted({glob_root(spec["images"]), glob_root(spec["labels"])})
+    if spec.get("layout") == "sa_med2d":
+        return [spec["index"]]
+    labels = spec["labels"] if isinstance(spec["labels"], str) else spec["labels"]["glob"]
+    return sorted({glob_root(spec["images"]), glob_root(labels)})
 
 
 def synth_size_args(wildcards):

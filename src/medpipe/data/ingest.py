@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -35,19 +36,20 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from medpipe.files import sha256_of
-from medpipe.io.cases import CaseFiles, DatasetConfigError, discover_cases
+from medpipe.io.assemble import CaseProblem
+from medpipe.io.cases import CaseFiles, DatasetConfigError
+from medpipe.io.layouts import Layout, get_layout
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
-from medpipe.io.readers import ImageMeta, ReadError, read_image
-from medpipe.store import StoreWriter
+from medpipe.io.readers import ReadError
+from medpipe.store import DatasetStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
 SPACING_RTOL = 1e-3  # image and label spacing further apart than this is logged
+INSTANCE_DTYPE = np.dtype(np.uint16)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-
-class CaseProblem(ValueError):
-    """A case fails a check; the message names the file and the problem."""
+__all__ = ["CaseProblem", "IngestReport", "count_non_finite", "ingest_dataset", "label_dtype", "label_summary"]
 
 
 class NoCasesError(RuntimeError):
@@ -58,8 +60,8 @@ def _no_cases(dataset: str, spec: dict, rows: list[QuarantineRow], out: Path, qu
     reasons = sorted({row.problem for row in rows})
     return NoCasesError(
         f"datasets.{dataset}: no case could be ingested ({len(rows)} quarantined, listed in {quarantine}; e.g. "
-        f"{reasons[0] if reasons else '-'}); is every folder of images {spec['images']!r} and labels "
-        f"{spec['labels']!r} reachable? {out} was not written (an existing store is kept). If the dataset is "
+        f"{reasons[0] if reasons else '-'}); is every file of {_sources(spec)} reachable? {out} was not written "
+        "(an existing store is kept). If the dataset is "
         "meant to be empty, set ingest.allow_empty: true"
     )
 
@@ -68,8 +70,13 @@ def _no_cases(dataset: str, spec: dict, rows: list[QuarantineRow], out: Path, qu
 class IngestReport:
     dataset: str
     store: Path
-    case_ids: list[str]
+    n_cases: int
     quarantined: list[QuarantineRow]
+
+    @property
+    def case_ids(self) -> list[str]:
+        """The written case ids (read from the store: a corpus report holds no list of them)."""
+        return DatasetStore(self.store).case_ids
 
 
 def _workers() -> int:
@@ -79,8 +86,11 @@ def _workers() -> int:
         return max(1, min(4, os.cpu_count() or 1))
 
 
-def label_dtype(classes: dict[int, str]) -> np.dtype:
-    """uint8 labels, uint16 when a class id does not fit (the contract allows nothing wider)."""
+def label_dtype(classes: dict[int, str], label_kind: str = "classes") -> np.dtype:
+    """uint8 labels, uint16 when a class id does not fit (the contract allows nothing wider);
+    instance labels are always uint16."""
+    if label_kind == "instances":
+        return INSTANCE_DTYPE
     top = max(int(k) for k in classes)
     if top > np.iinfo(np.uint16).max:
         raise DatasetConfigError(f"class id {top} does not fit the uint16 label arrays")
@@ -93,55 +103,36 @@ def _chunks(shape: tuple[int, ...], spatial_chunks: list[int], colour: bool) -> 
     return spatial + ((int(shape[-1]),) if colour else ())
 
 
-def _conform(array, meta: ImageMeta, ndim: int, path: Path, role: str):
-    """Bring an array to the dataset's dimensionality or explain why it cannot be."""
-    spatial = meta.spatial_shape
-    if ndim == 2 and len(spatial) == 3 and spatial[0] == 1 and not meta.colour:
-        # a one-slice volume (e.g. a 2D image saved as NIfTI) is a 2D image
-        meta = ImageMeta(spatial[1:], meta.dtype, meta.spacing[1:], None, False)
-        return array[0], meta
-    if len(spatial) != ndim:
-        raise CaseProblem(f"{path}: {role} has shape {meta.shape} but the dataset is {ndim}D")
-    if meta.colour and (role == "label" or ndim == 3):
-        raise CaseProblem(f"{path}: {role} has colour channels (shape {meta.shape}); expected one channel")
-    return array, meta
-
-
-def _open(path: Path, ndim: int, chunks: list[int], role: str):
-    """Read ``path`` lazily where the format allows, with blocks that tile the zarr chunks."""
-    # volumes: slabs of whole z slices (contiguous on disk), each a stack of zarr chunks
-    read_chunks = (int(chunks[0]), None, None) if ndim == 3 else None
-    array, meta = read_image(path, chunks=read_chunks)
-    return _conform(array, meta, ndim, path, role)
-
-
 def _as_dask(array, chunks: tuple[int, ...]) -> da.Array:
-    if isinstance(array, da.Array):
-        return array
-    return da.from_array(np.asarray(array), chunks=chunks)
+    """A dask array whose blocks tile the zarr chunks (no two blocks share a chunk)."""
+    if not isinstance(array, da.Array):
+        return da.from_array(np.asarray(array), chunks=chunks)
+    aligned = all(all(c % z == 0 for c in dims[:-1]) for dims, z in zip(array.chunks, chunks))
+    return array if aligned else array.rechunk(chunks)
 
 
-def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: dict,
-                 hasher: ThreadPoolExecutor) -> None:
+def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: dict, hasher: ThreadPoolExecutor,
+                 layout: Layout) -> None:
     """Write one case into its (empty) ``group`` or raise ``ReadError``/``CaseProblem`` (caller cleans up)."""
     ndim = int(spec["ndim"])
     spatial_chunks = chunk_config["chunks_3d"] if ndim == 3 else chunk_config["chunks_2d"]
-    digests = {"image": hasher.submit(sha256_of, case.image), "label": hasher.submit(sha256_of, case.label)}
-    image, imeta = _open(case.image, ndim, spatial_chunks, "image")
-    label, lmeta = _open(case.label, ndim, spatial_chunks, "label")
+    digests = hasher.submit(layout.sources, case, spec)
+    image, imeta = layout.read_image(case, spec, spatial_chunks)
+    label, lmeta, extra = layout.read_label(case, spec, image, imeta, spatial_chunks)
     if imeta.spatial_shape != lmeta.spatial_shape:
         raise CaseProblem(
-            f"{case.image} / {case.label}: image/label shape mismatch: image {imeta.spatial_shape}, "
+            f"{case.image_text} / {case.label_text}: image/label shape mismatch: image {imeta.spatial_shape}, "
             f"label {lmeta.spatial_shape}"
         )
     if not np.allclose(imeta.spacing, lmeta.spacing, rtol=SPACING_RTOL):
         log.warning("%s: label spacing %s differs from image spacing %s (image spacing is kept)",
-                    case.label, lmeta.spacing, imeta.spacing)
+                    case.label_text, lmeta.spacing, imeta.spacing)
 
     image_chunks = _chunks(imeta.shape, spatial_chunks, imeta.colour)
     label_chunks = _chunks(lmeta.shape, spatial_chunks, False)
-    classes = {int(k) for k in spec["classes"]}
-    out_label_dtype = label_dtype(spec["classes"])
+    instances = spec.get("label_kind") == "instances"
+    out_label_dtype = label_dtype(spec["classes"], spec.get("label_kind", "classes"))
+    allowed = None if instances else {int(k) for k in spec["classes"]}
     names = ["z", "y", "x"][-len(imeta.spatial_shape):]
     z_image = group.create_array("image", shape=imeta.shape, dtype=imeta.dtype, chunks=image_chunks, fill_value=0,
                                  dimension_names=names + (["c"] if imeta.colour else []))
@@ -152,9 +143,10 @@ def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: d
     # sits in memory whole and nothing is read twice
     tasks = _block_tasks(_as_dask(image, image_chunks), z_image,
                          count_non_finite if np.issubdtype(imeta.dtype, np.inexact) else None)
-    tasks += _block_tasks(_as_dask(label, label_chunks), z_label, partial(label_summary, classes=classes))
+    tasks += _block_tasks(_as_dask(label, label_chunks), z_label,
+                          partial(label_summary, classes=allowed, top=int(np.iinfo(out_label_dtype).max)))
     # a gzip stream can only be read front to back: keep its slabs in order on one thread
-    gz = any(p.name.lower().endswith(".gz") for p in (case.image, case.label))
+    gz = any(p.name.lower().endswith(".gz") for p in (*case.images, *case.labels))
     results = dask.compute(*tasks, scheduler="synchronous" if gz else "threads", num_workers=_workers())
     finite_results = [r for kind, r in results if kind == "image" and r is not None]
     label_results = [r for kind, r in results if kind == "label"]
@@ -162,26 +154,30 @@ def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: d
     problems = []
     non_finite = sum(finite_results)
     if non_finite:
-        problems.append(f"{case.image}: image has {non_finite} non-finite voxels (NaN or inf)")
+        problems.append(f"{case.image_text}: image has {non_finite} non-finite voxels (NaN or inf)")
     foreground = any(has_fg for has_fg, _ in label_results)
     unknown = sorted(set().union(*(bad for _, bad in label_results)), key=lambda v: (v != v, v if v == v else 0))
     if unknown:
-        problems.append(f"{case.label}: label values not in classes {sorted(classes)}: {unknown[:10]}")
+        top = np.iinfo(out_label_dtype).max
+        what = f"classes {sorted(allowed)}" if allowed is not None else f"instance ids 1..{top}"
+        problems.append(f"{case.label_text}: label values not in {what}: {unknown[:10]}")
     elif not foreground:
-        problems.append(f"{case.label}: empty label (no foreground voxel)")
+        problems.append(f"{case.label_text}: empty label (no foreground voxel)")
     if problems:
         raise CaseProblem("; ".join(problems))
 
+    source, sha256 = digests.result()
     group.attrs.update({
         "case_id": case.case_id,
         "patient_id": case.patient_id,
         "modality": spec["modality"],
         "spacing": [float(s) for s in imeta.spacing],
         "orientation": imeta.orientation if ndim == 3 else None,
-        "source": {"image": str(case.image), "label": str(case.label)},
-        "sha256": {role: future.result() for role, future in digests.items()},
+        "source": source,
+        "sha256": sha256,
         "shape": [int(n) for n in imeta.shape],
         "dtype": str(imeta.dtype),
+        **extra,
     })
 
 
@@ -204,8 +200,10 @@ def count_non_finite(block: np.ndarray) -> int:
     return int(block.size - np.count_nonzero(np.isfinite(block)))
 
 
-def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
+def label_summary(block: np.ndarray, classes: set[int] | None, top: int | None = None) -> tuple[bool, set]:
     """``(has foreground, values not in {0} | classes)`` of one label block.
+
+    ``classes=None`` (instance labels) allows every integer from 1 to ``top``.
 
     Exact, and cheap in the common case: for integral values only min and max are computed, then
     each value between them that is not allowed is looked for (usually none); sorting the block
@@ -214,6 +212,8 @@ def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
     """
     if block.size == 0:
         return False, set()
+    if classes is None:
+        return _instance_summary(block, top if top is not None else np.iinfo(np.uint16).max)
     if block.dtype.kind == "f" and bool((block != np.trunc(block)).any()):  # non-integral or NaN
         values = np.unique(block)
         return bool((values != 0).any()), {v.item() for v in values if v != 0 and v not in classes}
@@ -225,55 +225,87 @@ def label_summary(block: np.ndarray, classes: set[int]) -> tuple[bool, set]:
     return (lo != 0 or hi != 0), {v for v in suspects if bool((block == v).any())}
 
 
+def _instance_summary(block: np.ndarray, top: int) -> tuple[bool, set]:
+    """Instance ids: any integer in 1..top; anything else (negative, too large, non-integral) is bad."""
+    bad = (block < 0) | (block > top)
+    if block.dtype.kind == "f":
+        bad |= block != np.trunc(block)
+    values = set(np.unique(block[bad]).tolist()) if bool(bad.any()) else set()
+    return bool((block != 0).any()), values
+
+
 def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | Path,
                    chunk_config: dict | None = None, allow_empty: bool = False) -> IngestReport:
     """Ingest every case of one dataset into the store ``out``; refused cases go to ``quarantine``.
 
     ``spec`` is the dataset's config entry (globs relative to the working directory),
-    ``chunk_config`` the config's ``ingest`` section (``chunks_2d``, ``chunks_3d``). Raises
-    :class:`NoCasesError` when no case can be ingested, unless ``allow_empty``.
+    ``chunk_config`` the config's ``ingest`` section (``chunks_2d``, ``chunks_3d``). Cases are
+    streamed from the dataset's layout (``docs/data-format.md``): the case list is never held.
+    Raises :class:`NoCasesError` when no case can be ingested, unless ``allow_empty``; then
+    nothing is published (an existing store is kept) and the quarantine table says why.
     """
     chunk_config = chunk_config or {"chunks_2d": [512, 512], "chunks_3d": [32, 256, 256]}
     out, quarantine = Path(out), Path(quarantine)
-    label_dtype(spec["classes"])  # a config problem: fail before touching any file
-    cases, rows = discover_cases(dataset, spec)
-    if not cases and not rows and not allow_empty:
-        raise DatasetConfigError(
-            f"datasets.{dataset}: no file matches images glob {spec['images']!r} or labels glob "
-            f"{spec['labels']!r} (relative to {Path.cwd()}); nothing was written (ingest.allow_empty lets a "
-            "dataset be empty)"
-        )
-    for row in rows:
-        log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
-    if not cases and not allow_empty:  # nothing to read: fail before touching the store
-        write_quarantine(quarantine, sorted(rows, key=lambda r: (r.case_id, r.image, r.label)))
-        raise _no_cases(dataset, spec, rows, out, quarantine)
+    label_kind = spec.get("label_kind", "classes")
+    label_dtype(spec["classes"], label_kind)  # a config problem: fail before touching any file
+    layout = get_layout(spec, dataset)
+    rows: list[QuarantineRow] = []
+    seen = 0
 
-    with StoreWriter(out, dataset, spec["modality"], int(spec["ndim"]), spec["classes"]) as writer, \
+    def refuse(row: QuarantineRow) -> None:
+        log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
+        rows.append(row)
+
+    with StoreWriter(out, dataset, spec["modality"], int(spec["ndim"]), spec["classes"], label_kind) as writer, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256") as hasher:
-        for case in tqdm(cases, desc=f"ingest {dataset}", unit="case"):
+        for item in tqdm(layout.discover(dataset, spec), desc=f"ingest {dataset}", unit="case"):
+            seen += 1
+            if isinstance(item, QuarantineRow):
+                refuse(item)
+                continue
+            case = item
+            if _CONTROL.search(case.patient_id) or not case.patient_id:
+                refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text,
+                                     f"{case.image_text}: invalid patient id {case.patient_id!r}: empty or "
+                                     "contains a control character"))
+                continue
+            if writer.has_case(case.case_id):  # a layout listing one image twice (files: refused earlier)
+                refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text,
+                                     f"duplicate case id {case.case_id!r}: listed again ({case.image_text})"))
+                continue
             try:
-                _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher)
+                _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher, layout)
             except (ReadError, CaseProblem) as exc:
                 problem = str(exc)
             except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
                 log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
-                problem = f"{case.image}: unexpected error ({type(exc).__name__}: {exc})"
+                problem = f"{case.image_text}: unexpected error ({type(exc).__name__}: {exc})"
             else:
-                writer.case_done(case.case_id)
+                writer.case_done(case.case_id, case.patient_id)
                 continue
-            log.warning("%s: quarantined case %r: %s", dataset, case.case_id, problem)
-            rows.append(QuarantineRow(dataset, case.case_id, str(case.image), str(case.label), problem))
+            refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text, problem))
             writer.discard_case(case.case_id)
+        if not seen and not allow_empty:
+            raise DatasetConfigError(f"datasets.{dataset}: no file matches {_sources(spec)} (relative to "
+                                     f"{Path.cwd()}); nothing was written (ingest.allow_empty lets a dataset be empty)")
         rows.sort(key=lambda r: (r.case_id, r.image, r.label))
         write_quarantine(quarantine, rows)
-        if not writer.case_ids and not allow_empty:  # leaving the block unpublished removes the partial store
+        if not writer.case_count and not allow_empty:  # leaving the block unpublished removes the partial store
             raise _no_cases(dataset, spec, rows, out, quarantine)
         writer.publish()
-    written = writer.case_ids
+    written = writer.case_count
     log.info("%s: %d cases written to %s, %d quarantined (listed in %s)",
-             dataset, len(written), out, len(rows), quarantine)
+             dataset, written, out, len(rows), quarantine)
     if not written:
         log.warning("%s: no case could be ingested; the store %s is empty (ingest.allow_empty; see %s)",
                     dataset, out, quarantine)
-    return IngestReport(dataset, out, sorted(written), rows)
+    return IngestReport(dataset, out, written, rows)
+
+
+def _sources(spec: dict) -> str:
+    """Where a dataset's files come from, for error messages."""
+    if spec.get("layout") == "sa_med2d":
+        return f"index {spec.get('index')!r}"
+    labels = spec.get("labels")
+    label_glob = labels if isinstance(labels, str) else (labels or {}).get("glob", "")
+    return f"images glob {spec.get('images')!r} and labels glob {label_glob!r}"

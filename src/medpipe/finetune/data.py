@@ -64,6 +64,25 @@ def instances_from_semantic(label: np.ndarray, min_px: int) -> tuple[np.ndarray,
     return instances, count
 
 
+def objects_of(label: np.ndarray, min_px: int, instances: bool = False) -> tuple[np.ndarray, int]:
+    """Alg. 1's objects of one 2D label map, as ``(object map with ids 1..n, n)``.
+
+    A store whose ``label_kind`` is ``instances`` (SA-Med2D: one object per mask file of the
+    corpus) already holds the objects: each stored id with >= ``min_px`` pixels is one object,
+    renumbered 1..n in id order. Otherwise the label holds classes and the objects are their
+    connected components (:func:`instances_from_semantic`).
+    """
+    if not instances:
+        return instances_from_semantic(label, min_px)
+    label = np.asarray(label)
+    sizes = np.bincount(label.ravel().astype(np.int64))
+    keep = np.flatnonzero(sizes >= min_px)
+    keep = keep[keep > 0]
+    lut = np.zeros(len(sizes), dtype=np.int32)
+    lut[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    return lut[label], int(len(keep))
+
+
 def _truthy(column: pd.Series) -> pd.Series:
     return column.astype(str).str.strip().str.lower().isin({"true", "1", "yes"})
 
@@ -87,11 +106,12 @@ def build_items(table, store_paths: dict[str, str], split: str, variant: str, mi
             raise CorpusError(f"{table}: dataset {row.dataset!r} has no store among {sorted(store_paths)}")
         store = stores.get(row.dataset) or stores.setdefault(row.dataset, DatasetStore(store_paths[row.dataset]))
         label = store.label(row.case_id)
+        instances = store.label_kind == "instances"
         if store.ndim == 3:
             for z in np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1)):
-                if instances_from_semantic(label[z], min_object_px)[1]:
+                if objects_of(label[z], min_object_px, instances)[1]:
                     items.append(Item(row.dataset, row.case_id, int(z)))
-        elif instances_from_semantic(label, min_object_px)[1]:
+        elif objects_of(label, min_object_px, instances)[1]:
             items.append(Item(row.dataset, row.case_id, None))
     log.info("%s: %d images with objects from %d cases", split, len(items), len(rows))
     return items
@@ -110,15 +130,16 @@ def _crop_window(instances: np.ndarray, patch: int, rng: np.random.Generator) ->
 
 
 def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, patch_size: int,
-                input_size: int, n_obj: int, min_object_px: int, flips: bool) -> dict:
+                input_size: int, n_obj: int, min_object_px: int, flips: bool, instances: bool = False) -> dict:
     """One training sample from a 2D image (H, W) or (H, W, C) and its semantic label (H, W).
 
     Crop a patch around a random object, flip, percentile-normalise to 0-255, make 3 channels,
     resize the longest side to ``input_size`` and pad (SAM's transform), take the objects
-    (connected components per class, >= ``min_object_px``; any size if the crop cut them all
-    below it) and sample up to ``n_obj`` of them without replacement.
+    (:func:`objects_of`: the stored instances, or connected components per class; >= ``min_object_px``,
+    any size if the crop cut them all below it) and sample up to ``n_obj`` of them without replacement.
     """
-    instances, count = instances_from_semantic(label, min_object_px)
+    stored_instances = instances
+    instances, count = objects_of(label, min_object_px, stored_instances)
     if count == 0:
         raise CorpusError("make_sample: the image has no object")
     rows, cols = _crop_window(instances, patch_size, rng)
@@ -128,9 +149,9 @@ def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, 
             image, label = image[:, ::-1], label[:, ::-1]
         if rng.random() < 0.5:
             image, label = image[::-1], label[::-1]
-    instances, count = instances_from_semantic(label, min_object_px)
+    instances, count = objects_of(label, min_object_px, stored_instances)
     if count == 0:
-        instances, count = instances_from_semantic(label, 1)
+        instances, count = objects_of(label, 1, stored_instances)
     tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
     inst = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(instances)), input_size), input_size)
     fg = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(label > 0).astype(np.uint8)), input_size),
@@ -178,7 +199,7 @@ class CorpusSamples(Dataset):
         s = self.settings
         sample = make_sample(np.asarray(image), np.asarray(label), rng, patch_size=s["patch_size"],
                              input_size=s["input_size"], n_obj=s["n_obj"], min_object_px=s["min_object_px"],
-                             flips=s["flips"])
+                             flips=s["flips"], instances=store.label_kind == "instances")
         sample["position"] = int(position)
         return sample
 

@@ -18,10 +18,11 @@ import dask.array as da
 import numpy as np
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-IMAGEIO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGEIO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
-KNOWN_EXTENSIONS = NIFTI_EXTENSIONS + IMAGEIO_EXTENSIONS + TIFF_EXTENSIONS + ITK_EXTENSIONS
+NUMPY_EXTENSIONS = (".npy",)
+KNOWN_EXTENSIONS = NIFTI_EXTENSIONS + IMAGEIO_EXTENSIONS + TIFF_EXTENSIONS + ITK_EXTENSIONS + NUMPY_EXTENSIONS
 
 # NIfTI xyz units -> factor to millimetres (``unknown`` is taken as mm, as most tools do)
 _UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
@@ -104,6 +105,8 @@ def read_image(path: str | Path, chunks: tuple[int, ...] | None = None):
         return _read_tiff(path)
     if ext in ITK_EXTENSIONS:
         return _read_itk_file(path)
+    if ext in NUMPY_EXTENSIONS:
+        return _read_npy(path, chunks)
     raise ReadError(
         f"{path}: unknown image file extension (known: {', '.join(KNOWN_EXTENSIONS)}, or a DICOM series folder)"
     )
@@ -191,6 +194,11 @@ def _drop_constant_alpha(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _no_bool(array: np.ndarray) -> np.ndarray:
+    """1-bit images (e.g. a mode "1" PNG mask) come back as bool: store them as uint8 0/1."""
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
 def _plain_meta(array: np.ndarray, colour: bool) -> ImageMeta:
     n_spatial = array.ndim - 1 if colour else array.ndim
     return ImageMeta(
@@ -205,7 +213,7 @@ def _read_imageio(path: Path):
         array = np.asarray(iio.imread(path))
     except Exception as exc:
         raise ReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    array = _drop_constant_alpha(array)
+    array = _no_bool(_drop_constant_alpha(array))
     if array.ndim not in (2, 3):
         raise ReadError(f"{path}: image with shape {array.shape} is neither grey (Y, X) nor colour (Y, X, C)")
     return array, _plain_meta(array, colour=array.ndim == 3)
@@ -225,6 +233,7 @@ def _read_tiff(path: Path):
     if colour:
         array = _drop_constant_alpha(array)
         colour = array.ndim == 3
+    array = _no_bool(array)
     if array.ndim not in (2, 3):
         raise ReadError(f"{path}: TIFF with shape {array.shape} (axes {axes}) is not a single image or volume")
     return array, _plain_meta(array, colour=colour)
@@ -286,9 +295,48 @@ def _read_dicom_series(path: Path):
     if len(series_ids) > 1:
         raise ReadError(f"{path}: folder holds {len(series_ids)} DICOM series; expected exactly one per folder")
     try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_ids[0])
+    except Exception as exc:
+        raise ReadError(f"{path}: cannot list the DICOM series ({type(exc).__name__}: {exc})") from exc
+    # GDCM leaves out files it cannot parse: a damaged slice would silently shorten the volume
+    members = {Path(name).resolve() for name in names}
+    others = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.resolve() not in members)
+    if others:
+        raise ReadError(f"{path}: {len(others)} file(s) of the folder are not readable slices of its DICOM "
+                        f"series (first: {others[0]})")
+    try:
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_ids[0]))
+        reader.SetFileNames(names)
         image = reader.Execute()
     except Exception as exc:
         raise ReadError(f"{path}: cannot read DICOM series ({type(exc).__name__}: {exc})") from exc
     return _from_itk(image, path, squeeze_single_slice=False)
+
+
+# --------------------------------------------------------------------------------------------- NumPy
+
+
+def _read_npy(path: Path, chunks):
+    """A ``.npy`` array as stored: (Y, X) or (Z, Y, X), memory-mapped and read lazily in z slabs.
+
+    ``.npy`` carries no geometry: spacing 1.0, orientation null. Object arrays are refused
+    (``allow_pickle=False``: a pickle can run code).
+    """
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise ReadError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
+    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
+        raise ReadError(f"{path}: .npy array of shape {array.shape} and dtype {array.dtype} is not a 2D/3D image")
+    if array.dtype == bool:
+        array = np.asarray(array, dtype=np.uint8)
+    if chunks is None:
+        chunks = (DEFAULT_SLAB,) + array.shape[1:] if array.ndim == 3 else array.shape
+    lazy = da.from_array(
+        array,
+        chunks=tuple(n if c in (None, -1) else max(1, min(c, n)) for c, n in zip(chunks, array.shape)),
+        name=f"npy-{next(_token)}-{path.name}",
+    )
+    meta = ImageMeta(shape=tuple(array.shape), dtype=array.dtype, spacing=(1.0,) * array.ndim, orientation=None)
+    return lazy, meta
