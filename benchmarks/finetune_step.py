@@ -1,8 +1,10 @@
 """Throughput of one Alg. 1 training iteration: images/s, FLOPs, model FLOP utilisation, peak memory.
 
 One iteration = image encoder forward, 1 + n_steps prompt-encoder/mask-decoder passes with their
-losses, backward, AdamW step (and the e_sem decoder pass + its step when ``--e-sem``), on a
-synthetic batch at the model's input size with ``n_obj`` rectangular objects per image. FLOPs are
+losses, backward, AdamW step (and, with ``--e-sem``, the encoder again, the decoder pass and a second
+step of the same AdamW), on a synthetic batch of images at the model's input size with ``n_obj``
+rectangular objects per image whose masks live in the training-image frame (``--mask-size``,
+default half the input size: the reference's 512 px images for SAM's 1024 px input). FLOPs are
 counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls/convs, forward+backward);
 MFU = counted FLOPs per second / the device's peak (``--peak-tflops``; H100/A100 bf16 dense peaks
 are filled in automatically).
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medpipe.finetune.objective import alg1_loss, semantic_dice_loss
+from medpipe.finetune.objective import alg1_loss, semantic_dice_loss, semantic_outputs
 from medpipe.finetune.trainer import enable_activation_checkpointing
 from medpipe.models.sam import build_sam
 from medpipe.models.sem_decoder import decoder_for
@@ -30,9 +32,9 @@ from medpipe.models.sem_decoder import decoder_for
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def synthetic_batch(batch: int, n_obj: int, size: int, seed: int = 0):
+def synthetic_batch(batch: int, n_obj: int, image_size: int, size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.normal(size=(batch, 3, size, size)).astype(np.float32))
+    images = torch.from_numpy(rng.normal(size=(batch, 3, image_size, image_size)).astype(np.float32))
     masks = torch.zeros(batch, n_obj, size, size)
     for b in range(batch):
         for k in range(n_obj):
@@ -47,11 +49,11 @@ def make_step(model_type: str, batch: int, args, device, checkpointing: bool):
     sam = build_sam(model_type).to(device).train()
     if checkpointing:
         enable_activation_checkpointing(sam)
-    decoder = decoder_for(sam).to(device) if args.e_sem else None
+    decoder = decoder_for(sam, out_channels=2).to(device) if args.e_sem else None
     params = list(sam.parameters()) + (list(decoder.parameters()) if decoder is not None else [])
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    size = sam.image_encoder.img_size
-    images, masks = synthetic_batch(batch, args.n_obj, size)
+    size = args.mask_size or sam.image_encoder.img_size // 2
+    images, masks = synthetic_batch(batch, args.n_obj, sam.image_encoder.img_size, size)
     images, masks = images.to(device), masks.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -67,7 +69,8 @@ def make_step(model_type: str, batch: int, args, device, checkpointing: bool):
         if decoder is not None:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
-                sem = semantic_dice_loss(decoder(sam.image_encoder(images), images), masks.amax(1, keepdim=True))
+                probs = semantic_outputs(decoder, sam.image_encoder(images), size)
+                sem = semantic_dice_loss(probs, masks.amax(1, keepdim=True))
             sem.backward()
             optimizer.step()
 
@@ -131,7 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-type", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
     parser.add_argument("--n-obj", type=int, default=5)
-    parser.add_argument("--n-steps", type=int, default=8)
+    parser.add_argument("--n-steps", type=int, default=7, help="corrections; 7 = the reference's 8 decoder passes")
+    parser.add_argument("--mask-size", type=int, default=None, help="mask frame; default half the input size")
     parser.add_argument("--p-mask", type=float, default=0.5)
     parser.add_argument("--e-sem", action="store_true")
     parser.add_argument("--activation-checkpointing", choices=["off", "on", "both"], default="both")

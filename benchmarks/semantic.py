@@ -2,8 +2,9 @@
 
 Part 1 (torch methods, synthetic data of the demo's sizes or of the paper's): SAM-UNETR 2D,
 MA-SAM 3D and Swin UNETR 2D/3D, one training iteration = forward + Dice/CE loss + backward + AdamW
-step on a batch of patches; inference = one whole case through the method's sliding-window /
-block-wise predictor. Part 2 (``--snakemake-benchmarks DIR``): wall time of every ``semantic_run``
+step on a batch of patches (SAM-UNETR: whole images, resized to the SAM input as in the reference);
+inference = one whole case through the method's predictor (whole image / sliding window /
+block-wise). Part 2 (``--snakemake-benchmarks DIR``): wall time of every ``semantic_run``
 job of a finished run (Snakemake's benchmark files), which includes nnU-Net's planning,
 preprocessing, training and prediction.
 
@@ -44,12 +45,12 @@ def methods(model_type: str, size: dict, device: str):
     from medpipe.semantic.methods import TorchMethod
 
     n_classes = 3
-    unetr = build_sam_unetr(build_sam(model_type), n_classes)
+    unetr = build_sam_unetr(build_sam(model_type), n_classes)  # whole images, sigmoid outputs (the reference)
     yield "sam_unetr", TorchMethod("sam_unetr", unetr, 2, (size["unetr_patch"],) * 2, unetr.input_size,
-                                   device=device), size["batch2d"]
-    masam = build_ma_sam(build_sam(model_type), n_classes, size["masam_input"])
+                                   device=device, image_prep="resize", activation="sigmoid"), size["batch2d"]
+    masam = build_ma_sam(build_sam(model_type), n_classes, size["masam_input"], activation="sigmoid")
     yield "ma_sam", TorchMethod("ma_sam", masam, 3, size["masam_patch"], masam.input_size, halo=2,
-                                device=device), size["batch3d"]
+                                device=device, activation="sigmoid"), size["batch3d"]
     yield "swin_unetr_2d", TorchMethod("swin_unetr", build_swin_unetr(1, n_classes, 2, size["feature_size"]), 2,
                                        size["swin2d"], device=device), size["batch2d"]
     yield "swin_unetr_3d", TorchMethod("swin_unetr", build_swin_unetr(1, n_classes, 3, size["feature_size"]), 3,
@@ -57,13 +58,14 @@ def methods(model_type: str, size: dict, device: str):
 
 
 def measure(name, method, batch, size, device, iterations, rng) -> dict:
-    from medpipe.semantic.train import dice_ce_loss
+    from medpipe.semantic.train import loss_and_metric
 
     model = method.model.to(device).train()
-    loss_fn = dice_ce_loss()
+    loss_fn = loss_and_metric("reference" if method.activation == "sigmoid" else "dice_ce")[0]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    images = [rng.uniform(0, 255, method.patch).astype(np.float32) for _ in range(batch)]
-    labels = [rng.integers(0, 3, method.patch) for _ in range(batch)]
+    shape = size["case2d"] if method.whole_images else method.patch  # SAM-UNETR trains on whole images
+    images = [rng.uniform(0, 255, shape).astype(np.float32) for _ in range(batch)]
+    labels = [rng.integers(0, 3, shape) for _ in range(batch)]
     x, y = method.to_batch(images, labels)
     x, y = x.to(device), y.to(device)
     times = []
@@ -84,7 +86,7 @@ def measure(name, method, batch, size, device, iterations, rng) -> dict:
     _sync(device)
     infer = time.perf_counter() - start
     assert prediction.shape == case.shape
-    return {"method": name, "batch": batch, "patch": list(method.patch), "s_per_iter": float(np.median(times)),
+    return {"method": name, "batch": batch, "patch": list(shape), "s_per_iter": float(np.median(times)),
             "iters_per_s": 1 / float(np.median(times)), "case_shape": list(case.shape), "s_per_case": infer,
             "cases_per_s": 1 / infer, "parameters": sum(p.numel() for p in model.parameters())}
 

@@ -8,6 +8,7 @@ from medpipe.finetune import objective as O
 from medpipe.finetune.data import IterationBatches, collate, instances_from_semantic, make_sample
 from medpipe.finetune.settings import PRESETS, SettingsError, fingerprint, resolve_run
 from medpipe.finetune.trainer import iteration_draws, lr_factor
+from medpipe.losses import pooled_dice_loss
 
 
 def test_dice_loss_hand_computed():
@@ -141,7 +142,7 @@ def _label_with(objects: int, size: int = 32) -> np.ndarray:
 def test_n_obj_sampling_without_replacement():
     image = np.random.default_rng(0).normal(size=(32, 32))
     rng = np.random.default_rng(0)
-    kwargs = dict(patch_size=32, input_size=64, min_object_px=4, flips=True)
+    kwargs = dict(patch_size=32, input_size=64, min_object_px=4, flips=True, image_prep="crop")
     seen = set()
     for _ in range(20):
         sample = make_sample(image, _label_with(4), rng, n_obj=2, **kwargs)
@@ -161,7 +162,7 @@ def test_sample_crop_flip_and_foreground():
     label[10:20, 60:70] = 1
     image = np.where(label > 0, 1000.0, 0.0)
     sample = make_sample(image, label, np.random.default_rng(1), patch_size=32, input_size=64, n_obj=5,
-                         min_object_px=4, flips=True)
+                         min_object_px=4, flips=True, image_prep="crop")
     assert sample["image"].shape == (3, 64, 64)
     fg = sample["foreground"][0].bool()
     assert torch.equal(fg, sample["masks"][0].bool())  # one object: foreground == its mask
@@ -193,6 +194,145 @@ def test_schedule_decays():
     assert [lr_factor(i, 0.9, 10) for i in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.9, 0.81])
 
 
+def test_lr_decay_none_keeps_the_rate_constant_and_is_validated():
+    from medpipe.finetune.settings import KNOB_DEFAULTS, FinetuneSettings
+
+    assert KNOB_DEFAULTS["lr_decay"] == 0.9  # the paper's x0.9 per epoch stays the default
+    base = {**KNOB_DEFAULTS, "run": "r", "preset": "p", "base": "b", "model_type": "tiny", "checkpoint": None}
+    constant = FinetuneSettings.from_mapping({**base, "lr_decay": "none"})
+    assert constant.decay_factor == 1.0  # the reference code's scheduler never decayed
+    assert [lr_factor(i, constant.decay_factor, 10) for i in (0, 10, 1000)] == [1.0, 1.0, 1.0]
+    assert FinetuneSettings.from_mapping(base).decay_factor == 0.9
+    with pytest.raises(SettingsError, match="lr_decay must be a factor"):
+        FinetuneSettings.from_mapping({**base, "lr_decay": "fast"})
+    from medpipe.config import ConfigError, validate_config
+
+    def config(value):
+        return {"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y", "classes": {1: "a"}}},
+                "finetune": {"defaults": {"lr_decay": value}}}
+
+    assert validate_config(config("none"))["finetune"]["defaults"]["lr_decay"] == "none"
+    with pytest.raises(ConfigError, match="finetune.defaults.lr_decay"):
+        validate_config(config("never"))
+
+
+def test_medicosam_presets_run_eight_decoder_passes_divided_by_eight(monkeypatch):
+    """The reference's n_sub_iteration = 8: the initial prompt + 7 corrections, loss / 8."""
+    for preset in ("medicosam_p60", "medicosam_full"):
+        settings = resolve_run(_config(base="sam_tiny", preset=preset), "r")
+        assert settings.decoder_passes == 8
+        size, calls = 16, []
+        masks = torch.zeros(1, 1, size, size)
+        masks[0, 0, 4:10, 4:10] = 1
+
+        def fake_decode(sam, embedding, prompt, mask_input, multimask, out_size, calls=calls, size=size):
+            calls.append(prompt)
+            m = 3 if multimask else 1
+            # pass k = 0..7 predicts the constant logit k - 3: a different loss in every pass
+            logits = torch.full((1, m, size, size), float(len(calls) - 4))
+            return logits, torch.zeros(1, m, 4, 4), torch.full((1, m), 0.5)
+
+        monkeypatch.setattr(O, "decode", fake_decode)
+        out = O.alg1_loss(FakeSam(), torch.zeros(1, 8, 4, 4), masks, [np.random.default_rng(0)], use_box=True,
+                          use_mask=False, n_steps=settings["n_steps"], box_distortion=0.0)
+        assert len(calls) == 8  # 8 decoder calls for the image
+        target = masks[0][:, None]
+        per_pass = [O.step_losses(torch.full((1, 1, size, size), float(k - 3)), torch.full((1, 1), 0.5), target)
+                    for k in range(8)]
+        assert out["mask_loss"].item() == pytest.approx(sum(m.item() for m, _ in per_pass) / 8)
+        assert out["iou_loss"].item() == pytest.approx(sum(i.item() for _, i in per_pass) / 8)
+        assert calls[-1]["points"].shape == (1, 14, 2)  # 7 corrections of 2 points each
+
+
+def test_resize_prep_keeps_the_whole_image_and_moves_objects_with_it():
+    """image_prep resize (the reference): longest side to patch_size, centred zero padding, no crop;
+    objects, masks and foreground in that frame; the image then at the input size."""
+    from medpipe.models.transforms import PIXEL_MEAN, PIXEL_STD
+
+    label = np.zeros((40, 100), np.uint8)
+    label[10:20, 60:70] = 1
+    label[30:36, 2:8] = 2
+    image = np.where(label > 0, 1000.0, 0.0)
+    sample = make_sample(image, label, np.random.default_rng(1), patch_size=50, input_size=100, n_obj=5,
+                         min_object_px=4, flips=False, image_prep="resize")
+    masks, fg = sample["masks"].bool(), sample["foreground"][0].bool()
+    assert sample["image"].shape == (3, 100, 100) and masks.shape == (2, 50, 50) and fg.shape == (50, 50)
+    # x0.5 -> 20 x 50, padded by 15 rows on top and bottom; rows 10:20 -> 20:25, cols 60:70 -> 30:35
+    expected = np.zeros((50, 50), bool)
+    expected[20:25, 30:35] = True
+    second = np.zeros((50, 50), bool)
+    second[30:33, 1:4] = True
+    found = sorted(m.numpy().tobytes() for m in masks)
+    assert found == sorted([expected.tobytes(), second.tobytes()])
+    assert np.array_equal(fg.numpy(), expected | second)
+    # the input frame is the patch frame x2: the object is bright at rows 40:50, the padding dark
+    channel0 = sample["image"][0] * PIXEL_STD[0] + PIXEL_MEAN[0]
+    assert torch.allclose(channel0[44:46, 64:66], torch.tensor(255.0), atol=1e-3)
+    assert torch.allclose(channel0[:30], torch.tensor(0.0), atol=1e-3) and torch.allclose(
+        channel0[70:], torch.tensor(0.0), atol=1e-3)
+    # crop (today's behaviour, an option) cuts a window at native resolution instead
+    crop = make_sample(image, label, np.random.default_rng(1), patch_size=32, input_size=64, n_obj=5,
+                       min_object_px=4, flips=False, image_prep="crop")
+    assert crop["masks"].shape[1:] == (64, 64)
+
+
+def test_resize_prep_falls_back_when_every_object_vanishes():
+    label = np.zeros((40, 40), np.uint8)
+    label[0:20:2, 5:30] = 1  # lines of 25 px on even rows: a x0.5 nearest resize keeps odd rows only
+    label[30:32, 30:32] = 2  # 4 px: below min_object_px, not an object at native size, but it survives
+    sample = make_sample(np.ones((40, 40)), label, np.random.default_rng(0), patch_size=20, input_size=64,
+                         n_obj=5, min_object_px=20, flips=False, image_prep="resize")
+    assert sample["masks"].shape == (1, 20, 20)  # the components of the resized label instead
+    assert sample["masks"][0, 15, 15] == 1 and sample["masks"].sum() == 1
+
+
+def test_decode_scales_prompts_to_the_input_frame_and_logits_to_the_mask_frame():
+    from medpipe.models.sam import build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny")  # input 256
+    seen = {}
+    encode = sam.prompt_encoder.forward
+
+    def spy(points, boxes, masks):
+        seen["points"], seen["boxes"] = points, boxes
+        return encode(points=points, boxes=boxes, masks=masks)
+
+    sam.prompt_encoder.forward = spy
+    prompt = {"boxes": np.array([[10.0, 20.0, 30.0, 40.0]]), "points": np.array([[[12, 25]]]),
+              "labels": np.array([[1]])}
+    logits, low, _ = O.decode(sam, torch.zeros(64, 16, 16), prompt, None, False, 128)
+    assert seen["boxes"].tolist() == [[20.0, 40.0, 60.0, 80.0]]  # 128 px frame -> 256 px input: x2
+    assert seen["points"][0].tolist() == [[[24.0, 50.0]]]
+    assert logits.shape == (1, 1, 128, 128) and low.shape == (1, 1, 64, 64)
+    # SAM's postprocessing: low-res -> input size -> mask frame
+    up = torch.nn.functional.interpolate(low.float(), (256, 256), mode="bilinear", align_corners=False)
+    assert torch.allclose(logits, torch.nn.functional.interpolate(up, (128, 128), mode="bilinear",
+                                                                  align_corners=False))
+    logits, _, _ = O.decode(sam, torch.zeros(64, 16, 16), prompt, None, False, 256)
+    assert seen["boxes"].tolist() == [[10.0, 20.0, 30.0, 40.0]]  # same frame: unchanged
+
+
+def test_semantic_dice_is_batch_pooled_and_summed_over_bg_fg_channels():
+    # two 1x2 images: image 1 foreground [1, 0] predicted perfectly; image 2 empty, predicts 0.5, 0
+    fg_target = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])
+    fg_prob = torch.tensor([[[[1.0, 0.0]]], [[[0.5, 0.0]]]])
+    probs = torch.cat([1 - fg_prob, fg_prob], dim=1)  # (2, 2, 1, 2): background, foreground
+    # foreground pooled over both images: 1 - 2*1 / (1.25 + 1) = 1/9; background: 1 - 2*2.5 / (2.25 + 3) = 1/21
+    assert O.semantic_dice_loss(probs, fg_target).item() == pytest.approx(1 / 9 + 1 / 21)
+    # (a per-image mean would give 0.5 for the foreground channel alone)
+    assert pooled_dice_loss(fg_prob, fg_target).item() == pytest.approx(1 / 9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        pooled_dice_loss(probs, fg_target)
+
+
+def test_pooled_dice_matches_torch_em_dice_loss():
+    loss = pytest.importorskip("torch_em.loss")
+    torch.manual_seed(0)
+    probs, target = torch.rand(3, 2, 8, 8), (torch.rand(3, 2, 8, 8) > 0.5).float()
+    assert pooled_dice_loss(probs, target).item() == pytest.approx(loss.DiceLoss()(probs, target).item(), rel=1e-6)
+
+
 def _config(**run):
     return {"models": {"sam_tiny": {"type": "tiny", "checkpoint": None},
                        "sam": {"type": "vit_b", "checkpoint": "/w/sam.pth"}},
@@ -208,9 +348,9 @@ def test_presets_map_to_the_right_knobs():
     assert (simple["n_steps"], simple["p_box"], simple["p_mask"], simple["e_sem"]) == (0, 0.5, 0.0, False)
     p60 = resolve_run(_config(base="sam", preset="medicosam_p60"), "r")
     assert ((p60["n_steps"], p60["p_box"], p60["p_mask"], p60["e_sem"], p60["corpus_variant"])
-            == (8, 0.5, 0.0, False, "p60"))
+            == (7, 0.5, 0.0, False, "p60"))
     full = resolve_run(_config(base="sam_tiny", preset="medicosam_full", iterations=5), "r")
-    assert (full["n_steps"], full["p_box"], full["p_mask"], full["e_sem"], full["lr"]) == (8, 0.5, 0.5, True, 1e-5)
+    assert (full["n_steps"], full["p_box"], full["p_mask"], full["e_sem"], full["lr"]) == (7, 0.5, 0.5, True, 1e-5)
     assert full["iterations"] == 5 and full["checkpoint"] is None and full["n_obj"] == 5
     with pytest.raises(SettingsError, match="unknown preset"):
         resolve_run(_config(base="sam", preset="nope"), "r")

@@ -22,13 +22,19 @@ def _losses(path):
 @pytest.mark.slow
 def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     table, stores = make_corpus(tmp_path)
-    config = write_config(tmp_path, {"single": {**RUN, "batch_size": 2}, "ddp": {**RUN, "batch_size": 1}})
+    plain = {**RUN, "e_sem": False}
+    config = write_config(tmp_path, {"single": {**plain, "batch_size": 2}, "ddp": {**plain, "batch_size": 1},
+                                     "ddp_sem": {**RUN, "batch_size": 1}})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = ["--config", str(config), "--corpus", str(table), "--stores", *map(str, stores)]
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "medpipe",
-         "finetune", "ddp", "--out-dir", str(tmp_path / "ddp"), *common],
-        env=env, capture_output=True, text=True, timeout=240)
+
+    def torchrun(run):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "medpipe",
+             "finetune", run, "--out-dir", str(tmp_path / run), *common],
+            env=env, capture_output=True, text=True, timeout=240)
+
+    ddp = torchrun("ddp")
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     single = subprocess.run([sys.executable, "-m", "medpipe", "finetune", "single", "--out-dir",
                              str(tmp_path / "single"), *common], env=env, capture_output=True, text=True, timeout=240)
@@ -41,3 +47,12 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     assert len(ddp_losses) == len(single_losses) == 3
     assert ddp_losses[0] == pytest.approx(single_losses[0], rel=1e-5)  # same weights, same samples and prompts
     assert ddp_losses == pytest.approx(single_losses, rel=1e-3)  # after steps: float reassociation only
+
+    # with e_sem the decoder's batch norm and its batch-pooled Dice work per process (as in the
+    # reference), so a DDP run is not a single process any more; its ranks must still stay in sync
+    sem = torchrun("ddp_sem")
+    assert sem.returncode == 0, sem.stderr[-4000:]
+    summary = json.loads((tmp_path / "ddp_sem" / "training.json").read_text())
+    assert summary["world_size"] == 2 and summary["rank_divergence"] == 0.0  # batch-norm buffers included
+    with open(tmp_path / "ddp_sem" / "metrics.csv") as handle:
+        assert all(r["sem_loss"] != "" for r in csv.DictReader(handle) if r["split"] == "train")

@@ -51,6 +51,24 @@ def test_seed_statistics_by_hand(tables):
     assert summary.loc["nnU-Net"].std_dice == 0.0
 
 
+def test_cases_without_ground_truth_for_a_class_are_skipped_class_first(tmp_path):
+    """The reference's dataset number: per class the mean over the cases that have the class
+    (NaN rows are not scores), then the mean over classes."""
+    values = {"c0": [1.0, np.nan], "c1": [0.0, 0.5], "c2": [0.5, np.nan]}
+    path = tmp_path / "t.tsv"
+    write_table(_rows("sam_unetr", "sam", "random", "d2", 0, values), path)
+    frame = load_results([path])
+    summary = seed_statistics(frame).iloc[0]
+    # class 1: (1 + 0 + 0.5) / 3 = 0.5; class 2: 0.5 (one case) -> 0.5; a mean over case means would
+    # give (1 + 0.25 + 0.5) / 3 = 0.583, and scoring the missing class as 0 would give less still
+    assert summary.mean_dice == pytest.approx(0.5)
+    from medpipe.aggregate.semantic import class_summary
+
+    per_class = class_summary(frame).set_index("class_id")
+    assert per_class.loc[2, "mean_dice"] == pytest.approx(0.5) and per_class.loc[2, "n_rows"] == 1
+    assert per_class.loc[1, "n_rows"] == 3
+
+
 def test_paired_wilcoxon_pairs_by_case(tables):
     frame = load_results(tables)
     frame = frame.sample(frac=1.0, random_state=0)  # row order must not matter: pairing is by case id

@@ -27,8 +27,13 @@ from medpipe.store import DatasetStore
 
 from semantic_fixtures import TINY_SEMANTIC, make_semantic_data, write_semantic_config
 
-SCHEMA_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.01, "plateau_patience": 10, "plateau_factor": 0.5,
-                   "input_size": None, "freeze_encoder": False}
+
+def schema_defaults(method: str) -> dict:
+    """A method's settings as the schema's defaults give them (the tests override the sizes)."""
+    from medpipe.config import schema
+
+    properties = schema()["properties"]["semantic"]["properties"][method]["properties"]
+    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +112,79 @@ def test_dice_rows_on_known_masks():
     by_class = {r["class_id"]: r["dice"] for r in rows}
     assert by_class[1] == pytest.approx(2 * 2 / (2 + 4))
     assert np.isnan(by_class[2])
-    assert by_class[3] == 0.0
+    assert np.isnan(by_class[3])  # no ground truth for class 3: skipped as in the reference, not scored 0
     assert rows[0]["method"] == "m" and rows[0]["case_id"] == "c" and rows[0]["class_name"] == "a"
+
+
+def test_reference_semantic_loss_by_hand():
+    """medico-sam's CustomCombinedLoss on sigmoid outputs: softmax of the outputs, one-hot target,
+    batch-pooled Dice summed over all channels (background too) x 0.5 + CE on the outputs as logits x 0.5."""
+    import math
+
+    from medpipe.losses import reference_dice_metric, reference_semantic_loss
+
+    outputs = torch.tensor([0.2, 0.9]).view(1, 2, 1, 1)  # one pixel, two classes, label 1
+    labels = torch.ones(1, 1, 1, 1, dtype=torch.int64)
+    p1 = 1 / (1 + math.exp(-0.7))  # softmax of (0.2, 0.9) for class 1
+    dice = (1 - 0.0) + (1 - 2 * p1 / (p1 * p1 + 1))  # background: no overlap; class 1
+    ce = -math.log(p1)
+    assert reference_dice_metric(outputs, labels).item() == pytest.approx(dice, rel=1e-6)
+    assert reference_semantic_loss(outputs, labels).item() == pytest.approx(0.5 * dice + 0.5 * ce, rel=1e-6)
+    # the Dice pools the batch: two images of one pixel each are one pool per channel
+    two = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).view(2, 2, 1, 1)
+    labels2 = torch.tensor([1, 1]).view(2, 1, 1, 1)
+    q = 1 / (1 + math.exp(-1.0))  # softmax probability of the larger output
+    # background: no target pixel -> loss 1; class 1: sum(p g) = q + (1 - q) = 1 over both images
+    pooled = 1 + (1 - 2 * 1 / (q**2 + (1 - q) ** 2 + 2))
+    assert reference_dice_metric(two, labels2).item() == pytest.approx(pooled, rel=1e-6)
+
+
+def test_plateau_schedule_of_the_sam_methods_is_the_reference_factor():
+    from medpipe.semantic.train import TrainSettings, fit
+
+    for method in ("sam_unetr", "ma_sam"):
+        defaults = schema_defaults(method)
+        assert defaults["plateau_factor"] == 0.9 and defaults["plateau_patience"] == 10
+        assert defaults["loss"] == "reference"
+    assert schema_defaults("sam_unetr")["image_prep"] == "resize"
+    # a model that cannot improve: with patience 0 every validation after the first multiplies lr by 0.9
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.Sigmoid())
+    x, y = torch.randn(2, 1, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.int64)
+    settings = TrainSettings(iterations=4, batch_size=2, lr=1e-12, val_every=1, plateau_patience=0,
+                             plateau_factor=schema_defaults("sam_unetr")["plateau_factor"], loss="reference")
+    history = fit(model, lambda: (x, y), [(x, y)], settings)
+    assert [lr for _, _, lr in history["val"]] == pytest.approx([1e-12, 0.9e-12, 0.81e-12, 0.729e-12])
+
+
+def test_sam_unetr_sees_whole_images_centred_in_training_and_sam_padded_at_test(data):
+    from medpipe.models.transforms import PIXEL_MEAN, PIXEL_STD
+    from medpipe.semantic.preprocess import whole_images_to_sam, whole_labels_to_sam
+
+    image = np.full((1, 20, 40), 255.0, np.float32)  # 20 x 40 -> 32 x 64 in a 64 px input
+    x = whole_images_to_sam([image], 64)
+    raw = x[0, 0] * PIXEL_STD[0] + PIXEL_MEAN[0]
+    assert torch.allclose(raw[16:48], torch.tensor(255.0)) and torch.allclose(raw[:16], torch.tensor(0.0), atol=1e-4)
+    assert torch.allclose(raw[48:], torch.tensor(0.0), atol=1e-4)  # centred: 16 rows above, 16 below
+    label = np.zeros((20, 40), np.int64)
+    label[:10] = 2
+    y = whole_labels_to_sam([label], 64)
+    assert y.shape == (1, 1, 64, 64) and set(y[0, 0, 16:32].unique().tolist()) == {2}
+    assert set(y[0, 0, 32:48].unique().tolist()) == {0}
+    # a training run: whole images, sigmoid outputs; predictions of whole cases at their own size
+    store = DatasetStore(data["store2d"])
+    split = read_split(data["split2d"], store.name, store)
+    settings = {**schema_defaults("sam_unetr"), **TINY_SEMANTIC["sam_unetr"], "iterations": 2, "val_every": 2}
+    predictions, record = run_torch("sam_unetr", settings, store, split, 0, Backbone("t", "tiny", None, "random", None),
+                                    "cpu")
+    assert all(p.shape == store.label(c).shape for c, p in predictions.items())
+    from medpipe.semantic.run import build_torch_method
+
+    method = build_torch_method("sam_unetr", settings, store, split["train"][0], Backbone("t", "tiny"), "cpu")
+    assert method.whole_images and method.activation == "sigmoid"
+    batch_x, batch_y = method.to_batch([np.zeros((30, 60), np.float32)], [np.ones((30, 60), np.int64)])
+    assert batch_x.shape == (1, 3, 256, 256) and batch_y.shape == (1, 1, 256, 256)
+    assert batch_y[0, 0, :64].sum() == 0 and batch_y[0, 0, 64:192].all()  # 128 rows of image, centred
 
 
 def test_predictions_are_written_as_nifti_and_png(tmp_path):
@@ -128,7 +204,7 @@ def test_tiny_training_lowers_the_loss_and_predicts_case_shapes(data, method, nd
     store = DatasetStore(data[f"store{ndim}d"])
     split = read_split(data[f"split{ndim}d"], store.name, store)
     backbone = Backbone("sam_tiny", "tiny", None, "random", None)
-    settings = {**SCHEMA_DEFAULTS, **TINY_SEMANTIC[method]}
+    settings = {**schema_defaults(method), **TINY_SEMANTIC[method]}
     predictions, record = run_torch(method, settings, store, split, 0, backbone, "cpu")
     losses = [loss for _, loss in record["history"]["train"]]
     assert len(losses) == settings["iterations"]

@@ -51,9 +51,9 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
     assert any(k.startswith("sem_decoder.") for k in a["model_state"])
     for key, value in a["model_state"].items():
         assert torch.equal(value, b["model_state"][key]), key
-    for group in ("optimizer_state", "sem_optimizer_state"):
-        for pid, moments in a[group]["state"].items():
-            assert torch.equal(moments["exp_avg"], b[group]["state"][pid]["exp_avg"])
+    assert "sem_optimizer_state" not in a  # one AdamW for SAM and the e_sem decoder
+    for pid, moments in a["optimizer_state"]["state"].items():
+        assert torch.equal(moments["exp_avg"], b["optimizer_state"]["state"][pid]["exp_avg"])
     assert a["scheduler_state"]["last_epoch"] == b["scheduler_state"]["last_epoch"] == 4
 
     # the log of the resumed run: iterations 1..4 once each, same losses as the straight run
@@ -106,6 +106,40 @@ def test_resume_refuses_changed_objective(tmp_path):
     # more iterations on the same objective continue the run
     summary = train({**settings, "iterations": 2}, table, store_map(stores), tmp_path / "run", 0)
     assert torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["iteration"] == 2
+
+
+def test_esem_steps_the_same_adamw_twice_per_iteration(tmp_path):
+    """The reference's joint training: interactive step, then the decoder step of the SAME AdamW,
+    with the encoder run again; the encoder's moments see both steps, the other parts one each."""
+    import contextlib
+
+    from medpipe.finetune import distributed as D
+    from medpipe.finetune.command import store_map
+    from medpipe.finetune.data import collate
+    from medpipe.finetune.trainer import set_up, train_step
+
+    from finetune_fixtures import tiny_settings
+
+    table, stores = make_corpus(tmp_path)
+    settings = tiny_settings(e_sem=True, n_steps=1, p_mask=0.0, p_box=1.0)
+    run = set_up(settings, table, store_map(stores), tmp_path / "run", 0, D.Context(0, 1, 0, torch.device("cpu")))
+    stepped = []
+    run.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: stepped.append(optimizer))
+    encoder_calls = []
+    run.sam.image_encoder.register_forward_hook(lambda module, args, out: encoder_calls.append(out.shape))
+    ids = {id(p) for p in run.optimizer.param_groups[0]["params"]}
+    assert all(id(p) in ids for p in run.model.parameters())  # SAM and decoder in the one optimiser
+    batch = collate([run.train_ds[p] for p in range(2)])
+    row = train_step(run, batch, 0, contextlib.nullcontext())
+    assert len(stepped) == 2 and all(o is run.optimizer for o in stepped)
+    assert len(encoder_calls) == 2  # the encoder runs again for the decoder's step
+    steps = {name: int(run.optimizer.state[p]["step"]) for name, p in run.model.named_parameters()
+             if p in run.optimizer.state}
+    assert steps["sam.image_encoder.patch_embed.proj.weight"] == 2  # moments shared by both steps
+    assert steps["sam.mask_decoder.iou_prediction_head.layers.0.weight"] == 1
+    assert steps["sem_decoder.out_conv.weight"] == 1
+    assert run.scheduler.last_epoch == 1  # the schedule counts iterations, not optimiser steps
+    assert 0 < row["sem_loss"] <= 2  # two channel Dice losses, summed
 
 
 def test_samples_do_not_depend_on_loader_workers(tmp_path):

@@ -38,13 +38,18 @@ def iou(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def dice_per_class(prediction: np.ndarray, target: np.ndarray, class_ids) -> dict[int, float]:
-    """Dice for each class id of a semantic label map (NaN where the class is absent from both)."""
+    """Dice for each class id of a semantic label map; NaN where the ground truth lacks the class.
+
+    An image without ground truth for a class is not scored for it (even when the prediction has
+    pixels of that class), as in the reference evaluation (docs/fidelity.md, "Semantic
+    segmentation"); means over images skip the NaN.
+    """
     if prediction.shape != target.shape:
         raise ValueError(f"shape mismatch: prediction {prediction.shape} vs target {target.shape}")
     scores = {}
     for class_id in class_ids:
         p, t = prediction == class_id, target == class_id
-        scores[int(class_id)] = float("nan") if not (p.any() or t.any()) else dice(p, t)
+        scores[int(class_id)] = dice(p, t) if t.any() else float("nan")
     return scores
 
 

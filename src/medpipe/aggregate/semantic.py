@@ -1,11 +1,14 @@
 """Semantic results -> summary tables, seed statistics, paired tests and the paper-style figures.
 
-Inputs are the per-job Dice tables of ``medpipe semantic-run`` (one row per test case and class).
-A *setting* is one method with its backbone and decoder init (e.g. "SAM-UNETR sam_tiny, pretrained
-decoder"). Per dataset: the score of a case is its mean Dice over classes; a seed's score is the
-mean over cases; a setting's score is the mean over seeds, reported with the seeds' standard
-deviation and a t-based 95% CI (Fig. 6 style). Settings are compared with a two-sided Wilcoxon
-signed-rank test on case scores (averaged over seeds) paired by case id, Holm-corrected per dataset.
+Inputs are the per-job Dice tables of ``medpipe semantic-run`` (one row per test case and class;
+Dice NaN where the case has no ground truth for the class: such rows are not scores and every mean
+skips them). A *setting* is one method with its backbone and decoder init (e.g. "SAM-UNETR
+sam_tiny, pretrained decoder"). Per dataset, as in the reference evaluation (docs/fidelity.md): a
+seed's score is the mean over classes of each class's mean over the cases that have it; a setting's
+score is the mean over seeds, reported with the seeds' standard deviation and a t-based 95% CI
+(Fig. 6 style). Settings are compared with a two-sided Wilcoxon signed-rank test on case scores
+(a case's mean over its scored classes, averaged over seeds) paired by case id, Holm-corrected per
+dataset.
 Figures: Fig. 1d (2D) and 1e (3D) grouped bars per dataset; Fig. 8 one panel per dataset with the
 SAM-based settings as bars and the reference methods (nnU-Net, Swin UNETR) as horizontal lines.
 """
@@ -57,14 +60,21 @@ def load_results(paths) -> pd.DataFrame:
 
 
 def case_scores(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean Dice over classes per dataset, setting, seed and case (classes absent from both are skipped)."""
+    """Mean Dice over the scored classes per dataset, setting, seed and case (NaN if none is scored)."""
     keys = ["dataset", "method", "setting", "seed", "case_id"]
     return frame.groupby(keys, as_index=False)["dice"].mean()
 
 
+def seed_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """The dataset number of each seed: mean over classes of the class's mean over scored cases."""
+    keys = ["dataset", "method", "setting", "seed"]
+    per_class = frame.groupby(keys + ["class_id"], as_index=False)["dice"].mean()  # skips NaN rows
+    return per_class.groupby(keys, as_index=False)["dice"].mean()
+
+
 def seed_statistics(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and setting: mean over seeds of the seed means, std over seeds and a 95% t-CI."""
-    per_seed = case_scores(frame).groupby(["dataset", "method", "setting", "seed"], as_index=False)["dice"].mean()
+    """Per dataset and setting: mean over seeds of the seed scores, std over seeds and a 95% t-CI."""
+    per_seed = seed_scores(frame)
     rows = []
     for (dataset, method, setting), group in per_seed.groupby(["dataset", "method", "setting"]):
         values = group["dice"].to_numpy(dtype=float)
@@ -78,9 +88,10 @@ def seed_statistics(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def class_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean Dice per dataset, setting and class over cases and seeds (the per-class table)."""
+    """Mean Dice per dataset, setting and class over the scored cases and seeds (the per-class table);
+    ``n_rows`` counts the scored rows (cases x seeds with ground truth for the class)."""
     keys = ["dataset", "method", "backbone", "decoder_init", "setting", "class_id", "class_name"]
-    out = frame.groupby(keys, as_index=False).agg(mean_dice=("dice", "mean"), n_rows=("dice", "size"))
+    out = frame.groupby(keys, as_index=False).agg(mean_dice=("dice", "mean"), n_rows=("dice", "count"))
     return out
 
 
@@ -194,7 +205,7 @@ def seed_points(frame: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     """Fig. 6 style: every seed's mean Dice as a point, the mean and its 95% CI as a bar per setting."""
     import matplotlib.pyplot as plt
 
-    per_seed = case_scores(frame).groupby(["dataset", "setting", "seed"], as_index=False)["dice"].mean()
+    per_seed = seed_scores(frame)
     datasets = sorted(per_seed.dataset.unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):

@@ -4,10 +4,10 @@ An *item* is one 2D image: a 2D case, or one z-slice of a 3D volume that holds a
 with no object are left out when the index is built (the sampler skips images without objects).
 
 Every sample is a pure function of its global *position* in the sample stream and the seed: the
-position fixes the epoch, the item (a seeded permutation per epoch) and the random draws (crop,
-flips, which objects). So data order survives a kill and resume, does not depend on the number of
-loader workers, and a DDP run with K ranks sees exactly the samples of a single process with the
-same global batch, each rank a different shard.
+position fixes the epoch, the item (a seeded permutation per epoch) and the random draws (the crop
+if any, flips if on, which objects). So data order survives a kill and resume, does not depend on
+the number of loader workers, and a DDP run with K ranks sees exactly the samples of a single
+process with the same global batch, each rank a different shard.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from medpipe.models.transforms import pad_to_square, percentile_normalize, resize_label, sam_input, to_three_channels
+from medpipe.models.transforms import (
+    centre_pad,
+    pad_to_square,
+    percentile_normalize,
+    resize_image,
+    resize_label,
+    sam_input,
+    to_three_channels,
+)
 from medpipe.splits import SplitError, read_split_table
 from medpipe.store import DatasetStore
 
@@ -96,8 +104,22 @@ def corpus_cases(table, split: str, variant: str) -> pd.DataFrame:
     return frame[(frame["split"] == split) & _truthy(frame[f"in_{variant}"])].reset_index(drop=True)
 
 
-def build_items(table, store_paths: dict[str, str], split: str, variant: str, min_object_px: int) -> list[Item]:
-    """Index every image of ``split`` that holds at least one object (2D cases, slices of volumes)."""
+def _has_object(label: np.ndarray, min_object_px: int, frame: int | None, instances: bool = False) -> bool:
+    """An image is a training image when it holds an object, and (``frame`` given: resize mode)
+    when some labelled pixel is left after resizing it to the ``frame`` side (the reference's
+    sampler rejects samples without an object in the resized label)."""
+    if not objects_of(label, min_object_px, instances)[1]:
+        return False
+    return frame is None or bool(resize_label(_as_tensor((label > 0).astype(np.uint8)), frame).any())
+
+
+def build_items(table, store_paths: dict[str, str], split: str, variant: str, min_object_px: int,
+                frame: int | None = None) -> list[Item]:
+    """Index every image of ``split`` that holds at least one object (2D cases, slices of volumes).
+
+    ``frame``: the side the whole images are resized to (``image_prep: resize``); images whose
+    labels vanish at that size are left out.
+    """
     rows = corpus_cases(table, split, variant)
     stores: dict[str, DatasetStore] = {}
     items: list[Item] = []
@@ -109,9 +131,9 @@ def build_items(table, store_paths: dict[str, str], split: str, variant: str, mi
         instances = store.label_kind == "instances"
         if store.ndim == 3:
             for z in np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1)):
-                if objects_of(label[z], min_object_px, instances)[1]:
+                if _has_object(label[z], min_object_px, frame, instances):
                     items.append(Item(row.dataset, row.case_id, int(z)))
-        elif objects_of(label, min_object_px, instances)[1]:
+        elif _has_object(label, min_object_px, frame, instances):
             items.append(Item(row.dataset, row.case_id, None))
     log.info("%s: %d images with objects from %d cases", split, len(items), len(rows))
     return items
@@ -129,37 +151,89 @@ def _crop_window(instances: np.ndarray, patch: int, rng: np.random.Generator) ->
     return windows[0], windows[1]
 
 
+def _flip(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random horizontal and vertical flips of every array (H, W, ...)."""
+    arrays = list(arrays)
+    if rng.random() < 0.5:
+        arrays = [a[:, ::-1] for a in arrays]
+    if rng.random() < 0.5:
+        arrays = [a[::-1] for a in arrays]
+    return arrays
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _choose(inst: torch.Tensor, count: int, n_obj: int, rng: np.random.Generator) -> torch.Tensor:
+    """Masks (k, H, W) of up to ``n_obj`` objects of ``inst`` drawn without replacement."""
+    present = [i for i in range(1, count + 1) if bool((inst == i).any())]
+    chosen = rng.choice(present, size=min(n_obj, len(present)), replace=False)
+    return torch.stack([(inst == int(i)) for i in chosen]).to(torch.uint8)
+
+
+def _crop_sample(image, label, instances, rng, patch_size, input_size, n_obj, min_object_px, flips,
+                 stored_instances: bool) -> dict:
+    """``image_prep: crop``: a patch around a random object at native resolution, then SAM's
+    geometry; masks at the input size."""
+    rows, cols = _crop_window(instances, patch_size, rng)
+    image, label = image[rows, cols], label[rows, cols]
+    if flips:
+        image, label = _flip(rng, image, label)
+    instances, count = objects_of(label, min_object_px, stored_instances)
+    if count == 0:
+        instances, count = objects_of(label, 1, stored_instances)
+    tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
+    inst = pad_to_square(resize_label(_as_tensor(instances), input_size), input_size)
+    fg = pad_to_square(resize_label(_as_tensor((label > 0).astype(np.uint8)), input_size), input_size)
+    return {"image": tensor, "masks": _choose(inst, count, n_obj, rng), "foreground": fg[None].to(torch.uint8)}
+
+
+def _resize_sample(image, label, instances, count, rng, patch_size, input_size, n_obj, flips,
+                   stored_instances: bool) -> dict:
+    """``image_prep: resize`` (the reference's training images, docs/fidelity.md): the whole image,
+    longest side resized to ``patch_size`` and zero-padded to a centred square; intensities
+    percentile-normalised once more over that padded square (the reference's raw transform of the
+    training sample); then SAM's transform to the input size. Objects, masks and foreground stay in
+    the ``patch_size`` frame (nearest-neighbour resize, same padding), where the loss is computed."""
+    if flips:
+        image, label, instances = _flip(rng, image, label, instances)
+    frame = torch.from_numpy(percentile_normalize(to_three_channels(image))).permute(2, 0, 1)
+    frame = centre_pad(resize_image(frame, patch_size), patch_size)
+    frame = percentile_normalize(frame.permute(1, 2, 0).numpy())
+    tensor = sam_input(frame, input_size)
+    inst = centre_pad(resize_label(_as_tensor(instances), patch_size), patch_size)
+    fg = centre_pad(resize_label(_as_tensor((label > 0).astype(np.uint8)), patch_size), patch_size)
+    if not inst.any():  # every object vanished at this size: the components of the resized label
+        resized = resize_label(_as_tensor(label.astype(np.int32)), patch_size).numpy()
+        small, count = objects_of(resized, 1, stored_instances)
+        inst = centre_pad(_as_tensor(small), patch_size)
+    return {"image": tensor, "masks": _choose(inst, count, n_obj, rng), "foreground": fg[None].to(torch.uint8)}
+
+
 def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, patch_size: int,
-                input_size: int, n_obj: int, min_object_px: int, flips: bool, instances: bool = False) -> dict:
+                input_size: int, n_obj: int, min_object_px: int, flips: bool, image_prep: str = "resize",
+                instances: bool = False) -> dict:
     """One training sample from a 2D image (H, W) or (H, W, C) and its semantic label (H, W).
 
-    Crop a patch around a random object, flip, percentile-normalise to 0-255, make 3 channels,
-    resize the longest side to ``input_size`` and pad (SAM's transform), take the objects
-    (:func:`objects_of`: the stored instances, or connected components per class; >= ``min_object_px``,
-    any size if the crop cut them all below it) and sample up to ``n_obj`` of them without replacement.
+    Objects (:func:`objects_of`) are the stored instances (``instances``: an instance-labelled
+    store) or the connected components per class, with >= ``min_object_px`` pixels; up to
+    ``n_obj`` of them are sampled without replacement. ``image_prep`` picks the geometry
+    (:func:`_resize_sample`, the default and the reference, or :func:`_crop_sample`). Returns
+    ``image`` (3, input_size, input_size) SAM-normalised, ``masks`` (k, S, S) and ``foreground``
+    (1, S, S) with S = ``patch_size`` (resize) or the input size (crop).
     """
     stored_instances = instances
     instances, count = objects_of(label, min_object_px, stored_instances)
     if count == 0:
         raise CorpusError("make_sample: the image has no object")
-    rows, cols = _crop_window(instances, patch_size, rng)
-    image, label = image[rows, cols], label[rows, cols]
-    if flips:
-        if rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
-        if rng.random() < 0.5:
-            image, label = image[::-1], label[::-1]
-    instances, count = objects_of(label, min_object_px, stored_instances)
-    if count == 0:
-        instances, count = objects_of(label, 1, stored_instances)
-    tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
-    inst = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(instances)), input_size), input_size)
-    fg = pad_to_square(resize_label(torch.from_numpy(np.ascontiguousarray(label > 0).astype(np.uint8)), input_size),
-                       input_size)
-    present = [i for i in range(1, count + 1) if bool((inst == i).any())]
-    chosen = rng.choice(present, size=min(n_obj, len(present)), replace=False)
-    masks = torch.stack([(inst == int(i)) for i in chosen]).to(torch.uint8)
-    return {"image": tensor, "masks": masks, "foreground": fg[None].to(torch.uint8)}
+    if image_prep == "resize":
+        return _resize_sample(image, label, instances, count, rng, patch_size, input_size, n_obj, flips,
+                              stored_instances)
+    if image_prep == "crop":
+        return _crop_sample(image, label, instances, rng, patch_size, input_size, n_obj, min_object_px, flips,
+                            stored_instances)
+    raise ValueError(f"unknown image_prep {image_prep!r}; expected resize or crop")
 
 
 class CorpusSamples(Dataset):
@@ -199,7 +273,8 @@ class CorpusSamples(Dataset):
         s = self.settings
         sample = make_sample(np.asarray(image), np.asarray(label), rng, patch_size=s["patch_size"],
                              input_size=s["input_size"], n_obj=s["n_obj"], min_object_px=s["min_object_px"],
-                             flips=s["flips"], instances=store.label_kind == "instances")
+                             flips=s["flips"], image_prep=s["image_prep"],
+                             instances=store.label_kind == "instances")
         sample["position"] = int(position)
         return sample
 

@@ -63,6 +63,14 @@ def broadcast_parameters(module: torch.nn.Module, ctx: Context) -> None:
             dist.broadcast(tensor, src=0)
 
 
+def broadcast_buffers(module: torch.nn.Module, ctx: Context) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank, as DDP's ``broadcast_buffers``
+    keeps them; rank 0 writes the checkpoints, so its statistics are the ones that count."""
+    if ctx.distributed:
+        for tensor in module.buffers():
+            dist.broadcast(tensor, src=0)
+
+
 def average_gradients(params, ctx: Context) -> None:
     """All-reduce-average the gradients of ``params`` in flat buckets (no-op for one process)."""
     if not ctx.distributed:

@@ -1,11 +1,18 @@
-"""The training objective of Alg. 1 (SPEC section 3.1): losses and one interactive iteration.
+"""The training objective of Alg. 1: losses and one interactive iteration (docs/fidelity.md, "Finetuning").
 
 One call of :func:`alg1_loss` is lines 5-35 of Alg. 1 for a batch whose image embeddings were
 computed once: initial box or point prompt, the prediction, then ``n_steps`` correction
 sub-iterations that add one positive and one negative point each (and optionally the previous
 low-res mask), every sub-iteration contributing a Dice loss and an IoU-regression loss; the sum is
-divided by ``n_steps + 1``. The prompt rules themselves are :mod:`medpipe.prompts`, shared with
+divided by the number of decoder passes, ``n_steps + 1`` (the reference's ``n_sub_iteration = 8``
+is ``n_steps = 7``). The prompt rules themselves are :mod:`medpipe.prompts`, shared with
 evaluation.
+
+Masks may live in a smaller frame than the model input (``image_prep: resize`` keeps them at the
+training image's 512 px while the encoder sees 1024 px): prompts drawn in the mask frame are
+scaled to the input frame, and the logits are brought back as SAM's ``postprocess_masks`` does
+(upsampled to the input size, then resized to the mask frame), so the loss is computed where the
+reference computes it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from medpipe import prompts as P
+from medpipe.losses import pooled_dice_loss
 
 EPS = 1e-6
 VALIDATION_KINDS = ("point", "box", "points", "box+points")
@@ -57,13 +65,26 @@ def step_losses(logits: torch.Tensor, iou_pred: torch.Tensor,
     return mask_loss, iou_loss
 
 
+def _to_input_frame(prompt: dict, scale: float) -> dict:
+    """Prompt coordinates of the mask frame in the model's input frame (SAM's ``apply_coords``)."""
+    if scale == 1.0:
+        return prompt
+    scaled = dict(prompt)
+    for key in ("points", "boxes"):
+        if prompt.get(key) is not None:
+            scaled[key] = np.asarray(prompt[key], dtype=np.float64) * scale
+    return scaled
+
+
 def decode(sam, embedding: torch.Tensor, prompt: dict, mask_input, multimask: bool, out_size: int):
-    """Prompt-encode and mask-decode the objects of one image; logits upscaled to ``out_size``.
+    """Prompt-encode and mask-decode the objects of one image; logits brought to ``out_size``.
 
     ``embedding`` (C, h, w) is one image's embedding, computed once and reused for all objects and
-    sub-iterations. Returns ``(logits (N, M, S, S), low_res (N, M, h', w'), iou_pred (N, M))``.
+    sub-iterations; ``prompt`` is in the ``out_size`` frame (the masks' frame). Returns
+    ``(logits (N, M, S, S), low_res (N, M, h', w'), iou_pred (N, M))``.
     """
-    points, boxes = P.as_torch_prompts(prompt, embedding.device)
+    input_size = int(sam.image_encoder.img_size)
+    points, boxes = P.as_torch_prompts(_to_input_frame(prompt, input_size / out_size), embedding.device)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
     low_res, iou_pred = sam.mask_decoder(
         image_embeddings=embedding[None],
@@ -72,7 +93,9 @@ def decode(sam, embedding: torch.Tensor, prompt: dict, mask_input, multimask: bo
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
     )
-    logits = F.interpolate(low_res.float(), (out_size, out_size), mode="bilinear", align_corners=False)
+    logits = F.interpolate(low_res.float(), (input_size, input_size), mode="bilinear", align_corners=False)
+    if out_size != input_size:
+        logits = F.interpolate(logits, (out_size, out_size), mode="bilinear", align_corners=False)
     return logits, low_res, iou_pred
 
 
@@ -127,7 +150,7 @@ def alg1_loss(
 
 
 def validation_prompts(masks: np.ndarray, rng: np.random.Generator, kind: str) -> dict:
-    """Fixed prompt types the validation cycles through (SPEC 3.1): point, box, points, box+points.
+    """Fixed prompt types the validation cycles through (docs/fidelity.md): point, box, points, box+points.
 
     ``points``: 3 positive points inside the object and 2 negatives from the 3 px bbox ring (with
     the background fallback of :func:`medpipe.prompts.correction_points`); ``box+points``: the
@@ -158,10 +181,25 @@ def validation_dice_loss(sam, embeddings: torch.Tensor, masks: torch.Tensor, rng
     return torch.cat(losses).mean()
 
 
-def semantic_dice_loss(logits: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """Dice loss of the joint semantic decoder against the foreground (Alg. 1 lines 37-40).
+def semantic_outputs(decoder, embeddings: torch.Tensor, size: int) -> torch.Tensor:
+    """The joint decoder's sigmoid outputs (B, 2, size, size): background and foreground channels.
 
-    ``logits`` (B, 1, S, S); ``foreground`` (B, 1, S, S) is the union of all objects of the patch
-    (every object, not only the ``n_obj`` sampled for the interactive loss).
+    The decoder predicts at the input resolution; like the reference UNETR's ``postprocess_masks``
+    the activations are resized (bilinear) to the frame of the targets.
     """
-    return dice_loss(torch.sigmoid(logits.float()), foreground).mean()
+    probs = decoder(embeddings)
+    if probs.shape[-1] != size:
+        probs = F.interpolate(probs.float(), (size, size), mode="bilinear", align_corners=False)
+    return probs
+
+
+def semantic_dice_loss(probs: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Loss of the joint semantic decoder (Alg. 1 lines 37-40, the reference's e_sem).
+
+    ``probs`` (B, 2, S, S) sigmoid outputs; ``foreground`` (B, 1, S, S) the union of all objects of
+    the image (every object, not only the ``n_obj`` sampled for the interactive loss). The target
+    channels are background (no object) and foreground; torch-em's batch-pooled Dice loss of the two,
+    summed (:func:`medpipe.losses.pooled_dice_loss`).
+    """
+    foreground = foreground.float()
+    return pooled_dice_loss(probs, torch.cat([1.0 - foreground, foreground], dim=1))

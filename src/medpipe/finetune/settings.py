@@ -17,6 +17,11 @@ from functools import cache
 
 from medpipe.models.names import MODEL_TYPES, checkpoint_label
 
+#: ``image_prep`` values: resize each whole image (the reference) or crop at native resolution
+IMAGE_PREPS = ("resize", "crop")
+#: ``lr_decay`` value of a constant learning rate (what the reference code ran)
+NO_DECAY = "none"
+
 
 class SettingsError(ValueError):
     """A finetune run refers to an unknown base model or preset, or has an invalid knob."""
@@ -58,13 +63,15 @@ class FinetuneSettings(Mapping):
     p_box: float
     p_mask: float
     e_sem: bool
+    sem_upsampling: str
     box_distortion: float
     lr: float
     weight_decay: float
-    lr_decay: float
+    lr_decay: float | str  # a factor in (0, 1], or "none" for a constant learning rate
     lr_decay_every: int | None
     iterations: int
     batch_size: int
+    image_prep: str
     patch_size: int
     input_size: int | None
     flips: bool
@@ -87,6 +94,20 @@ class FinetuneSettings(Mapping):
                 raise SettingsError(f"{where}: {key} must be within [0, 1], got {self[key]}")
         if int(self.n_obj) < 1 or int(self.batch_size) < 1:
             raise SettingsError(f"{where}: n_obj and batch_size must be >= 1")
+        if self.image_prep not in IMAGE_PREPS:
+            raise SettingsError(f"{where}: image_prep must be one of {IMAGE_PREPS}, got {self.image_prep!r}")
+        if self.lr_decay != NO_DECAY and not (isinstance(self.lr_decay, int | float) and 0 < self.lr_decay <= 1):
+            raise SettingsError(f"{where}: lr_decay must be a factor in (0, 1] or {NO_DECAY!r}, got {self.lr_decay!r}")
+
+    @property
+    def decoder_passes(self) -> int:
+        """Mask-decoder passes per iteration: the initial prompt and ``n_steps`` corrections."""
+        return int(self.n_steps) + 1
+
+    @property
+    def decay_factor(self) -> float:
+        """The learning-rate factor per decay period (1.0 for ``lr_decay: none``)."""
+        return 1.0 if self.lr_decay == NO_DECAY else float(self.lr_decay)
 
     # -- read access as a mapping
     def __getitem__(self, key: str):

@@ -1,11 +1,16 @@
-"""The finetuning loop: Alg. 1 on the corpus with AdamW, a decaying schedule, validation,
+"""The finetuning loop: Alg. 1 on the corpus with AdamW, a learning-rate schedule, validation,
 atomic checkpoints and exact resume, on one process or under ``torchrun``.
+
+One AdamW holds SAM's and (with e_sem) the semantic decoder's parameters, as in the reference: an
+iteration steps it once for the interactive loss and, with e_sem, once more for the decoder's loss
+after running the encoder again, so the encoder is updated twice and both steps share the moments
+(docs/fidelity.md, "Finetuning").
 
 Exact resume holds by construction: every random draw is derived from (seed, iteration) or
 (seed, sample position) rather than from a stateful generator, the data order is a function of the
-position (see :mod:`medpipe.finetune.data`), and the checkpoint holds the weights, both
-optimisers, both schedulers, the iteration and the best validation metric. A run killed at any
-moment restarts from ``latest.pt`` and reaches bit-identical weights.
+position (see :mod:`medpipe.finetune.data`), and the checkpoint holds the weights, the optimiser,
+the scheduler, the iteration and the best validation metric. A run killed at any moment restarts
+from ``latest.pt`` and reaches bit-identical weights.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ from tqdm import tqdm
 from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
-from medpipe.finetune.objective import VALIDATION_KINDS, alg1_loss, semantic_dice_loss, validation_dice_loss
+from medpipe.finetune.objective import (
+    VALIDATION_KINDS,
+    alg1_loss,
+    semantic_dice_loss,
+    semantic_outputs,
+    validation_dice_loss,
+)
 from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
 from medpipe.models.sam import build_sam
 from medpipe.models.sem_decoder import decoder_for
@@ -66,7 +77,8 @@ def enable_activation_checkpointing(sam) -> None:
 
 
 def lr_factor(iteration: int, decay: float, every: int) -> float:
-    """Learning-rate factor after ``iteration`` optimiser steps: ``decay ** (iteration // every)``."""
+    """Learning-rate factor after ``iteration`` iterations: ``decay ** (iteration // every)``
+    (``decay`` 1.0 = constant, ``lr_decay: none``)."""
     return decay ** (iteration // every)
 
 
@@ -115,7 +127,7 @@ def iteration_draws(seed: int, iteration: int, p_box: float, p_mask: float) -> l
 
     One draw per iteration for the whole batch (the decoder call of a batch needs one prompt type);
     derived from (seed, iteration) so a resumed run repeats them. Under DDP rank 0's draw is
-    broadcast anyway (SPEC 3.1).
+    broadcast anyway, as in the reference (docs/fidelity.md).
     """
     draws = np.random.default_rng([seed, STREAM_DRAWS, iteration])
     return [bool(draws.random() < p_box), bool(draws.random() < p_mask)]
@@ -162,8 +174,9 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSet
         kind = VALIDATION_KINDS[index % len(VALIDATION_KINDS)]
         inter.append(float(validation_dice_loss(model.sam, embeddings, masks, rngs, kind)))
         if model.sem_decoder is not None:
-            logits = model.sem_decoder(embeddings, images)
-            sem.append(float(semantic_dice_loss(logits, data["foreground"].to(device).float())))
+            foreground = data["foreground"].to(device).float()
+            probs = semantic_outputs(model.sem_decoder, embeddings, foreground.shape[-1])
+            sem.append(float(semantic_dice_loss(probs, foreground)))
     model.train()
     result = {"interactive": float(np.mean(inter))}
     result["semantic"] = float(np.mean(sem)) if sem else float("nan")
@@ -173,10 +186,7 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSet
 
 @dataclass
 class Run:
-    """One finetune run in progress: its settings, model, data, optimisers and where it stands.
-
-    ``sem_optimizer`` / ``sem_scheduler`` exist only with the joint semantic decoder (e_sem).
-    """
+    """One finetune run in progress: its settings, model, data, optimiser and where it stands."""
 
     settings: FinetuneSettings
     ctx: D.Context
@@ -189,8 +199,6 @@ class Run:
     val_ds: CorpusSamples | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sem_optimizer: torch.optim.Optimizer | None
-    sem_scheduler: torch.optim.lr_scheduler.LRScheduler | None
     start: int = 0
     best: float = float("inf")
 
@@ -225,29 +233,28 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
         raise ValueError(f"finetune run {settings.run}: input_size {settings.input_size} differs from the "
                          f"{settings.model_type} model's input size {native}; SAM-compatible export needs it")
     settings = settings.replace(input_size=native)
-    decoder = decoder_for(sam) if settings.e_sem else None
+    decoder = decoder_for(sam, out_channels=2, upsampling=settings.sem_upsampling) if settings.e_sem else None
     model = FinetuneModel(sam, decoder).to(ctx.device).train()
     if settings.activation_checkpointing:
         enable_activation_checkpointing(sam)
 
-    train_items = build_items(corpus_table, store_paths, "train", settings.corpus_variant, settings.min_object_px)
-    val_items = build_items(corpus_table, store_paths, "val", settings.corpus_variant, settings.min_object_px)
+    frame = settings.patch_size if settings.image_prep == "resize" else None
+    train_items = build_items(corpus_table, store_paths, "train", settings.corpus_variant, settings.min_object_px,
+                              frame)
+    val_items = build_items(corpus_table, store_paths, "val", settings.corpus_variant, settings.min_object_px, frame)
     train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN)
     val_ds = (CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL) if val_items
               else None)
     decay_every = settings.lr_decay_every or max(len(train_items) // (settings.batch_size * ctx.world_size), 1)
 
-    def schedule(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings.lr_decay, decay_every))
-
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sem_optimizer = sem_scheduler = None
-    if decoder is not None:  # reference: own optimiser over decoder + encoder, stepped after the interactive one
-        sem_params = list(decoder.parameters()) + list(sam.image_encoder.parameters())
-        sem_optimizer = torch.optim.AdamW(sem_params, lr=settings.lr, weight_decay=settings.weight_decay)
-        sem_scheduler = schedule(sem_optimizer)
+    # one AdamW over SAM and the decoder (reference: model params + decoder params); with e_sem it
+    # is stepped twice per iteration, so the encoder's moments see both losses
+    params = list(sam.parameters()) + (list(decoder.parameters()) if decoder is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, settings.decay_factor, decay_every))
     return Run(settings, ctx, Path(out_dir), seed, model, train_items, val_items, train_ds, val_ds, optimizer,
-               schedule(optimizer), sem_optimizer, sem_scheduler)
+               scheduler)
 
 
 def resume(run: Run) -> None:
@@ -271,9 +278,6 @@ def resume(run: Run) -> None:
         run.model.load_state_dict(state["model_state"], strict=True)
         run.optimizer.load_state_dict(state["optimizer_state"])
         run.scheduler.load_state_dict(state["scheduler_state"])
-        if run.sem_optimizer is not None:
-            run.sem_optimizer.load_state_dict(state["sem_optimizer_state"])
-            run.sem_scheduler.load_state_dict(state["sem_scheduler_state"])
         run.start, run.best = int(state["iteration"]), float(state["best_metric"])
         torch.set_rng_state(state["torch_rng"].cpu())
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -298,9 +302,8 @@ def save_checkpoint(run: Run, path: Path, iteration: int) -> None:
         "model_label": model_label(settings),
         "world_size": run.ctx.world_size,
     }
-    if run.sem_optimizer is not None:
-        blob.update(sem_optimizer_state=run.sem_optimizer.state_dict(),
-                    sem_scheduler_state=run.sem_scheduler.state_dict(), sem_decoder_config=run.decoder.config)
+    if run.decoder is not None:
+        blob["sem_decoder_config"] = run.decoder.config
     save_torch(blob, path)
 
 
@@ -321,18 +324,19 @@ def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
     losses["loss"].backward()
     D.average_gradients(list(sam.parameters()), ctx)
     run.optimizer.step()
-    run.scheduler.step()
     row = {key: float(value.detach()) for key, value in losses.items()}
-    if run.decoder is not None:  # Alg. 1 lines 37-40, own backward and step (the encoder is updated twice)
-        run.model.zero_grad(set_to_none=True)
-        with autocast:
-            logits = run.decoder(sam.image_encoder(images), images)
-            sem_loss = semantic_dice_loss(logits, batch["foreground"].to(ctx.device).float())
+    if run.decoder is not None:  # Alg. 1 lines 37-40: own backward, a second step of the same optimiser
+        run.model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by AdamW
+        foreground = batch["foreground"].to(ctx.device).float()
+        with autocast:  # the encoder runs again, with the weights of the interactive step
+            probs = semantic_outputs(run.decoder, sam.image_encoder(images), foreground.shape[-1])
+            sem_loss = semantic_dice_loss(probs, foreground)
         sem_loss.backward()
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
-        run.sem_optimizer.step()
-        run.sem_scheduler.step()
+        run.optimizer.step()
+        D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
         row["sem_loss"] = float(sem_loss.detach())
+    run.scheduler.step()
     return {**D.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
 
 

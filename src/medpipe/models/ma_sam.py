@@ -1,13 +1,14 @@
-"""MA-SAM-style 3D segmentation on SAM's encoder (SPEC 3.6).
+"""MA-SAM-style 3D segmentation on SAM's encoder (docs/fidelity.md, "Semantic segmentation").
 
 Each ViT block gets two 3D adapters (before attention and before the MLP): LayerNorm -> Linear
-(C -> C/2) -> reshape to (B, C/2, D, h, w) -> Conv3d with kernel (3, 1, 1) -> GELU -> Linear
-(C/2 -> C), added residually. Batch and depth are flattened through the encoder, so everything but
-the adapters stays a 2D SAM that mixes no information across slices; the adapters are the only
-place where slices talk to each other. A 2D decoder runs per slice, the slice outputs are stacked
-to a volume and a 3D convolutional head fuses and classifies them. Adapters start at random init
-(as the SPEC says); the model input size may differ from the checkpoint's, in which case the
-positional embeddings are interpolated (``posemb.resize_encoder``).
+(C -> C/2, no bias) -> reshape to (B, C/2, D, h, w) -> Conv3d with kernel (3, 1, 1) (with bias) ->
+GELU -> Linear (C/2 -> C, no bias), added residually (micro-sam ``NDBlockWrapper``). Batch and
+depth are flattened through the encoder, so everything but the adapters stays a 2D SAM that mixes
+no information across slices; the adapters are the only place where slices talk to each other. A
+2D decoder (the SAM-UNETR decoder without classifier activation) runs per slice, the slice outputs
+are stacked to a volume and a 3D convolutional head fuses and classifies them. Adapters start at
+random init; the model input size may differ from the checkpoint's, in which case the positional
+embeddings are interpolated (``posemb.resize_encoder``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ class Adapter3D(nn.Module):
         super().__init__()
         hidden = hidden or dim // 2
         self.norm = nn.LayerNorm(dim)
-        self.down = nn.Linear(dim, hidden)
+        self.down = nn.Linear(dim, hidden, bias=False)
         self.conv = nn.Conv3d(hidden, hidden, kernel_size=(3, 1, 1), padding=(1, 0, 0))
         self.act = nn.GELU()
-        self.up = nn.Linear(hidden, dim)
+        self.up = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         bd, h, w, _ = x.shape
@@ -75,12 +76,13 @@ class AdaptedBlock(nn.Module):
 
 
 class MaSam3D(nn.Module):
-    """(B, 3, D, S, S) SAM-normalised slices -> (B, n_classes, D, S, S) logits."""
+    """(B, 3, D, S, S) SAM-normalised slices -> (B, n_classes, D, S, S) logits (or sigmoid outputs)."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, n_classes: int):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, n_classes: int, activation: str | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.activation = activation
         feats = decoder.config["out_channels"]
         self.head = nn.Sequential(
             nn.Conv3d(feats, feats, kernel_size=3, padding=1, bias=False),
@@ -101,13 +103,16 @@ class MaSam3D(nn.Module):
         slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
         for block in self.encoder.blocks:
             block.depth = d
-        features = self.decoder(self.encoder(slices), slices)  # (B*D, F, S, S)
+        features = self.decoder(self.encoder(slices))  # (B*D, F, S, S)
         features = features.view(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
-        return self.head(features)
+        out = self.head(features)
+        return torch.sigmoid(out) if self.activation == "sigmoid" else out
 
 
-def build_ma_sam(sam, n_classes: int, input_size: int | None = None, freeze_encoder: bool = False) -> MaSam3D:
-    """MA-SAM on a copy of ``sam``'s encoder; ``freeze_encoder`` trains only adapters, decoder and head."""
+def build_ma_sam(sam, n_classes: int, input_size: int | None = None, freeze_encoder: bool = False,
+                 activation: str | None = None) -> MaSam3D:
+    """MA-SAM on a copy of ``sam``'s encoder; ``freeze_encoder`` trains only adapters, decoder and head;
+    ``activation`` of the outputs (sigmoid with the reference loss, else logits)."""
     encoder = copy.deepcopy(sam.image_encoder)
     if input_size and input_size != encoder.img_size:
         resize_encoder(encoder, input_size)
@@ -115,10 +120,9 @@ def build_ma_sam(sam, n_classes: int, input_size: int | None = None, freeze_enco
         for p in encoder.parameters():
             p.requires_grad_(False)
     encoder.blocks = nn.ModuleList(AdaptedBlock(block) for block in encoder.blocks)
-    template = decoder_for(sam)
-    width = template.config["features"][-1]
-    decoder = decoder_for(sam, out_channels=width)
-    return MaSam3D(encoder, decoder, n_classes)
+    width = decoder_for(sam).config["initial_features"]  # per-slice features: the decoder's last width
+    decoder = decoder_for(sam, out_channels=width, activation=None)
+    return MaSam3D(encoder, decoder, n_classes, activation)
 
 
 def blockwise_predict(predict, volume: torch.Tensor, depth: int, halo: int) -> torch.Tensor:

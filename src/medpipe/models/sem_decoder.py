@@ -1,79 +1,174 @@
-"""The joint semantic decoder (e_sem): a UNETR-style convolutional decoder on SAM's encoder.
+"""The convolutional segmentation decoder on SAM's encoder: e_sem in finetuning, SAM-UNETR after it.
 
-It upsamples the image embedding (1/16 resolution) back to the input resolution in x2 stages and
-predicts foreground logits; during finetuning it learns "union of all objects" (Alg. 1 lines
-37-40) and is later the pretrained initialisation of the 2D semantic model (SPEC 3.6). It is saved
-in its own file, because extra keys in the SAM checkpoint break the SAM tools.
+The reference trains one decoder design in both places: torch-em's UNETR without encoder skip
+connections (``use_skip_connection=False``), as micro-sam's ``get_unetr`` builds it. The e_sem
+decoder of finetuning (2 sigmoid channels: background, foreground) becomes the initialisation of
+the SAM-UNETR decoder (one sigmoid channel per class), all weights but the 1x1 classifier. This
+module is that design, written from its description (docs/fidelity.md, "Semantic segmentation"):
+
+- every skip comes from the image embedding alone, through a chain of x2 "deconvolution" blocks
+  (upsample, 3x3 conv, batch norm, ReLU): z9, z6, z3, z0 at 2, 4, 8 and 16 times the embedding's
+  resolution, with F0..F3 channels (F = 8, 4, 2, 1 x ``initial_features``);
+- a conv block turns the embedding into F0 channels; three decoder levels each upsample (F[i] ->
+  F[i+1]) and concatenate the *middle* F[i+1] channels of the skip of that level (the reference
+  centre-crops the skip tensor on every axis, channels included), then a conv block F[i] -> F[i+1];
+- one more x2 upsampling reaches the input resolution, z0 is concatenated and a last conv block and
+  a 1x1 classifier give the outputs, followed by the final activation (sigmoid).
+
+Conv blocks normalise *before* each convolution (instance norm without affine parameters, 3x3
+conv, ReLU, twice). Upsampling is bilinear x2 followed by a 1x1 conv (``upsampling: bilinear``, the
+reference since torch-em 2025-06) or a 2x2 transposed conv with stride 2 (``transposed``, older
+torch-em). Submodule names follow the reference's state-dict layout, so a reference
+``decoder_state`` loads here as it is. The decoder is saved in its own file: extra keys in the SAM
+checkpoint break the SAM tools.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-
-def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Two 3x3 conv + instance norm + ReLU layers."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(out_ch, affine=True),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(out_ch, affine=True),
-        nn.ReLU(inplace=True),
-    )
+UPSAMPLING = ("bilinear", "transposed")
+ACTIVATIONS = ("sigmoid", None)
+#: ViT patch size of every SAM encoder: the decoder upsamples the embedding 16 times (4 x2 steps)
+SCALE = 16
 
 
-class UpBlock(nn.Module):
-    """x2 transposed-conv upsampling followed by a conv block."""
+class Conv3x3(nn.Module):
+    """A 3x3 convolution with padding 1 (kept as a module named ``block``, the reference's key layout)."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
-        self.conv = conv_block(out_ch, out_ch)
+        self.block = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
 
     def forward(self, x):
-        return self.conv(self.up(x))
+        return self.block(x)
+
+
+class BilinearUp(nn.Module):
+    """x2 bilinear upsampling, then a 1x1 conv from ``in_ch`` to ``out_ch`` channels."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=1)
+
+    def forward(self, x):
+        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class TransposedUp(nn.Module):
+    """x2 upsampling by a 2x2 transposed convolution with stride 2."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.block = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def upsampler(kind: str, in_ch: int, out_ch: int) -> nn.Module:
+    if kind not in UPSAMPLING:
+        raise ValueError(f"unknown decoder upsampling {kind!r}; expected one of {UPSAMPLING}")
+    return BilinearUp(in_ch, out_ch) if kind == "bilinear" else TransposedUp(in_ch, out_ch)
+
+
+class ConvBlock(nn.Module):
+    """(instance norm, 3x3 conv, ReLU) twice; the norm (no affine parameters) precedes each conv."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.InstanceNorm2d(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True),
+            nn.InstanceNorm2d(out_ch), nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class DeconvBlock(nn.Module):
+    """x2 upsampling ``in_ch -> out_ch``, then 3x3 conv, batch norm and ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kind: str):
+        super().__init__()
+        self.block = nn.Sequential(upsampler(kind, in_ch, out_ch), Conv3x3(out_ch, out_ch), nn.BatchNorm2d(out_ch),
+                                   nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def middle_channels(skip: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The centre crop of ``skip`` to the shape of ``like`` on every axis (channels included)."""
+    index = []
+    for have, want in zip(skip.shape, like.shape):
+        if have < want:
+            raise ValueError(f"skip of shape {tuple(skip.shape)} is smaller than {tuple(like.shape)}")
+        start = (have - want) // 2
+        index.append(slice(start, start + want))
+    return skip[tuple(index)]
+
+
+class DecoderLevels(nn.Module):
+    """The three decoder levels: upsample F[i] -> F[i+1], concatenate the skip's middle channels, conv block."""
+
+    def __init__(self, features: list[int], kind: str):
+        super().__init__()
+        self.samplers = nn.ModuleList(upsampler(kind, a, b) for a, b in zip(features[:-1], features[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(features[:-1], features[1:]))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for sampler, block, skip in zip(self.samplers, self.blocks, skips):
+            x = sampler(x)
+            x = block(torch.cat([x, middle_channels(skip, x)], dim=1))
+        return x
 
 
 class SemanticDecoder(nn.Module):
-    """Embedding (B, in_channels, h, w) + input image (B, 3, 16h, 16w) -> logits (B, out_channels, 16h, 16w).
+    """Image embedding (B, in_channels, h, w) -> outputs (B, out_channels, 16h, 16w) after ``activation``.
 
-    Stages: conv block ``in_channels -> features[0]``, then ``log2(scale)`` upsampling blocks
-    through ``features``; a conv block on the input image gives a full-resolution skip (as in
-    UNETR) that is concatenated before the final conv block and 1x1 classifier.
+    ``config`` (in_channels, out_channels, initial_features, upsampling, activation) rebuilds it.
     """
 
-    def __init__(self, in_channels: int = 256, out_channels: int = 1, features=(512, 256, 128, 64), scale: int = 16):
+    def __init__(self, in_channels: int = 256, out_channels: int = 2, initial_features: int = 64,
+                 upsampling: str = "bilinear", activation: str | None = "sigmoid"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown decoder activation {activation!r}; expected one of {ACTIVATIONS}")
         self.config = {"in_channels": int(in_channels), "out_channels": int(out_channels),
-                       "features": [int(f) for f in features], "scale": int(scale)}
-        n_up = int(round(math.log2(scale)))
-        if 2**n_up != scale:
-            raise ValueError(f"SemanticDecoder: scale must be a power of two, got {scale}")
-        self.bottleneck = conv_block(in_channels, features[0])
-        chans = [features[min(i, len(features) - 1)] for i in range(n_up + 1)]
-        self.ups = nn.ModuleList(UpBlock(chans[i], chans[i + 1]) for i in range(n_up))
-        self.image_skip = conv_block(3, chans[-1])
-        self.fuse = conv_block(2 * chans[-1], chans[-1])
-        self.head = nn.Conv2d(chans[-1], out_channels, kernel_size=1)
+                       "initial_features": int(initial_features), "upsampling": upsampling, "activation": activation}
+        f = [initial_features * 8, initial_features * 4, initial_features * 2, initial_features]
+        self.deconv1 = DeconvBlock(in_channels, f[0], upsampling)
+        self.deconv2 = DeconvBlock(f[0], f[1], upsampling)
+        self.deconv3 = DeconvBlock(f[1], f[2], upsampling)
+        self.deconv4 = DeconvBlock(f[2], f[3], upsampling)
+        self.base = ConvBlock(in_channels, f[0])
+        self.decoder = DecoderLevels(f, upsampling)
+        self.deconv_out = upsampler(upsampling, f[3], f[3])
+        self.decoder_head = ConvBlock(2 * f[3], f[3])
+        self.out_conv = nn.Conv2d(f[3], out_channels, kernel_size=1)
 
-    def forward(self, embedding: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        x = self.bottleneck(embedding)
-        for up in self.ups:
-            x = up(x)
-        x = self.fuse(torch.cat([x, self.image_skip(image)], dim=1))
-        return self.head(x)
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        z9 = self.deconv1(embedding)
+        z6 = self.deconv2(z9)
+        z3 = self.deconv3(z6)
+        z0 = self.deconv4(z3)
+        x = self.decoder(self.base(embedding), [z9, z6, z3])
+        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        x = self.out_conv(x)
+        return torch.sigmoid(x) if self.config["activation"] == "sigmoid" else x
 
 
-def decoder_for(sam, out_channels: int = 1) -> SemanticDecoder:
-    """The decoder matching a SAM's embedding: paper widths for ViT models, small ones for tiny."""
+def decoder_for(sam, out_channels: int = 2, upsampling: str = "bilinear",
+                activation: str | None = "sigmoid") -> SemanticDecoder:
+    """The decoder matching a SAM's embedding: the reference's widths (64 ... 512) on a 256-channel
+    ViT neck, a quarter of the embedding width as ``initial_features`` in general (16 for the tiny SAM)."""
     in_channels = sam.prompt_encoder.embed_dim
-    scale = sam.image_encoder.img_size // sam.prompt_encoder.image_embedding_size[0]
-    features = (512, 256, 128, 64) if in_channels >= 256 else (64, 32, 16, 16)
-    return SemanticDecoder(in_channels, out_channels, features, scale)
+    scale = sam.prompt_encoder.input_image_size[0] // sam.prompt_encoder.image_embedding_size[0]
+    if scale != SCALE:
+        raise ValueError(f"the semantic decoder upsamples x{SCALE}; this encoder's embedding is 1/{scale} of its input")
+    return SemanticDecoder(in_channels, out_channels, max(in_channels // 4, 1), upsampling, activation)
 
 
 def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
@@ -83,6 +178,15 @@ def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
     save_torch({"config": decoder.config, "state_dict": state}, path)
 
 
+def decoder_from_config(config: dict, where) -> SemanticDecoder:
+    """A decoder built from a saved ``config``; a config of another layout is named as such."""
+    expected = {"in_channels", "out_channels", "initial_features", "upsampling", "activation"}
+    if set(config) != expected:
+        raise ValueError(f"{where}: decoder config has keys {sorted(config)}, expected {sorted(expected)} "
+                         "(a decoder of an older medpipe layout: rerun the finetune run and export it again)")
+    return SemanticDecoder(**config)
+
+
 def load_decoder(path) -> SemanticDecoder:
     """Rebuild a decoder saved by :func:`save_decoder` (strict keys; read weights-only)."""
     from medpipe.files import load_torch
@@ -90,7 +194,6 @@ def load_decoder(path) -> SemanticDecoder:
     blob = load_torch(path)
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
         raise ValueError(f"{path}: not a medpipe semantic decoder file (needs 'config' and 'state_dict')")
-    cfg = blob["config"]
-    decoder = SemanticDecoder(cfg["in_channels"], cfg["out_channels"], cfg["features"], cfg["scale"])
+    decoder = decoder_from_config(blob["config"], path)
     decoder.load_state_dict(blob["state_dict"], strict=True)
     return decoder

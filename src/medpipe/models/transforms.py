@@ -1,8 +1,10 @@
-"""Turn a medical image into SAM's input, as in the reference pipeline (SPEC section 3.2).
+"""Turn a medical image into SAM's input, as in the reference pipeline (docs/fidelity.md).
 
 Intensities: 1st-99th percentile of the sample -> [0, 1], clipped, x255; grey repeated to three
 channels. Geometry: SAM's own transform, i.e. resize the longest side to the model's input size,
-normalise with SAM's pixel mean/std and pad bottom/right with zeros to a square.
+normalise with SAM's pixel mean/std and pad bottom/right with zeros to a square. Datasets that feed
+whole images at a fixed size (the reference's training images) resize the longest side and pad to
+a centred square instead (``centre_pad``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ def resize_label(label: torch.Tensor, target: int) -> torch.Tensor:
     out = F.interpolate(batch, resized_shape(batch.shape[-2:], target), mode="nearest-exact")[:, 0]
     out = out.to(label.dtype)
     return out[0] if squeeze else out
+
+
+def centre_pad(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad the last two dims to ``size`` x ``size`` with the image in the centre.
+
+    An odd padding puts the extra pixel before the image (top/left), as torch-em's
+    ``ResizeLongestSideInputs`` does (``ceil`` before, ``floor`` after).
+    """
+    h, w = tensor.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"centre_pad: {h}x{w} does not fit in {size}x{size}")
+    top, left = -(-(size - h) // 2), -(-(size - w) // 2)
+    return F.pad(tensor, (left, size - w - left, top, size - h - top))
 
 
 def pad_to_square(tensor: torch.Tensor, size: int) -> torch.Tensor:

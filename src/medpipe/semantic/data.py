@@ -94,3 +94,25 @@ class PatchSampler:
     def batch(self, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         pairs = [self.sample() for _ in range(size)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class WholeImageSampler:
+    """Random whole 2D cases with their label maps (SAM-UNETR's ``image_prep: resize``).
+
+    Images come back scaled to 0-255 with their own percentiles (:func:`load_case`), colour last;
+    the geometry (resize, centred padding) is the model's business. Draws come from ``rng``.
+    """
+
+    def __init__(self, store: DatasetStore, case_ids: list[str], rng: np.random.Generator):
+        if store.ndim != 2:
+            raise ValueError(f"{store.path}: whole-image sampling is for 2D datasets")
+        if not case_ids:
+            raise ValueError(f"{store.path}: no cases to sample images from")
+        self.store, self.case_ids, self.rng = store, list(case_ids), rng
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        return load_case(self.store, self.case_ids[self.rng.integers(len(self.case_ids))])
+
+    def batch(self, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        pairs = [self.sample() for _ in range(size)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -22,7 +22,7 @@ RESULT_COLUMNS = ["method", "backbone", "decoder_init", "dataset", "seed", "case
 
 
 def dice_rows(case_id: str, prediction: np.ndarray, target: np.ndarray, classes: dict[int, str], **keys) -> list[dict]:
-    """One tidy row per class of one case (Dice NaN where the class is absent from both masks)."""
+    """One tidy row per class of one case (Dice NaN where the ground truth lacks the class: not scored)."""
     scores = dice_per_class(prediction, target, sorted(classes))
     return [{**keys, "case_id": case_id, "class_id": cid, "class_name": classes[cid], "dice": score}
             for cid, score in scores.items()]

@@ -1,10 +1,15 @@
 """The torch methods as (model, batch conversion, whole-case prediction) triples.
 
-Training patches are converted exactly like the windows of inference: a 2D window of
-``patch`` pixels is resized to the SAM input size, and whole cases are predicted window by window
-(MONAI's sliding window, Gaussian-weighted), so the scale seen in training and test is the same
-whatever the image size; with ``patch_size`` >= the image size (the paper: patch 512 on images of
-512) this is plain full-image inference. MA-SAM additionally slides through z in blocks with a halo.
+SAM-UNETR with ``image_prep: resize`` (the reference, docs/fidelity.md) sees whole images: in
+training each is resized (longest side) to the SAM input size and zero-padded to a centred square,
+at test time the whole case goes through SAM's own transform (resize, bottom/right padding) and the
+outputs are cropped and resized back; the reference pads differently in training and test, and so
+does this. Otherwise (``crop``, MA-SAM) training patches are converted exactly like the windows of
+inference: a 2D window of ``patch`` pixels is resized to the SAM input size, and whole cases are
+predicted window by window (MONAI's sliding window, Gaussian-weighted), so the scale seen in
+training and test is the same whatever the image size. MA-SAM additionally slides through z in
+blocks with a halo. Models trained with the reference loss output sigmoid activations, which are
+blended and arg-maxed as they are; the others output logits (softmax before blending).
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from monai.inferers import sliding_window_inference
 
 from medpipe.models.ma_sam import blockwise_predict
 from medpipe.models.swin_unetr import sliding_window_logits
-from medpipe.semantic.preprocess import channels_first, labels_to_sam, restore_logits, to_sam_batch
+from medpipe.semantic.preprocess import (
+    channels_first,
+    labels_to_sam,
+    restore_logits,
+    to_sam_batch,
+    whole_images_to_sam,
+    whole_labels_to_sam,
+)
 
 
 @dataclass
@@ -32,9 +44,21 @@ class TorchMethod:
     halo: int = 0
     overlap: float = 0.25
     device: str = "cpu"
+    image_prep: str = "crop"  # resize: whole 2D images (SAM-UNETR); crop: patches and sliding windows
+    activation: str | None = None  # the model's output activation (sigmoid for the reference loss)
+
+    @property
+    def whole_images(self) -> bool:
+        return self.image_prep == "resize"
+
+    def _probs(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs if self.activation == "sigmoid" else outputs.softmax(1)
 
     def to_batch(self, images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patches (0-255, colour last) and label patches -> (x, y) with y of shape (B, 1, ...)."""
+        """Patches or whole images (0-255, colour last) and labels -> (x, y) with y of shape (B, 1, ...)."""
+        if self.whole_images:
+            return (whole_images_to_sam([channels_first(i, 2) for i in images], self.input_size),
+                    whole_labels_to_sam(labels, self.input_size))
         x = torch.from_numpy(np.stack([channels_first(i, self.ndim) for i in images]).astype(np.float32))
         y = torch.from_numpy(np.stack(labels).astype(np.int64))
         if self.name == "swin_unetr":
@@ -49,8 +73,8 @@ class TorchMethod:
 
     def _sam_window_2d(self, window: torch.Tensor) -> torch.Tensor:
         """(N, C, ph, pw) 0-255 windows -> (N, K, ph, pw) probabilities (SAM-UNETR)."""
-        logits = self.model(to_sam_batch(window, self.input_size).to(self.device))
-        return restore_logits(logits, tuple(window.shape[-2:]), self.input_size).softmax(1).cpu()
+        outputs = self.model(to_sam_batch(window, self.input_size).to(self.device))
+        return self._probs(restore_logits(outputs, tuple(window.shape[-2:]), self.input_size)).cpu()
 
     def _sam_window_3d(self, window: torch.Tensor) -> torch.Tensor:
         """(N, C, d, ph, pw) 0-255 windows -> (N, K, d, ph, pw) probabilities (MA-SAM)."""
@@ -61,7 +85,7 @@ class TorchMethod:
         k = logits.shape[1]
         flat = logits.permute(0, 2, 1, 3, 4).reshape(n * d, k, self.input_size, self.input_size)
         flat = restore_logits(flat, (h, w), self.input_size)
-        return flat.view(n, d, k, h, w).permute(0, 2, 1, 3, 4).softmax(1).cpu()
+        return self._probs(flat.view(n, d, k, h, w).permute(0, 2, 1, 3, 4)).cpu()
 
     @torch.no_grad()
     def predict(self, image_0_255: np.ndarray) -> np.ndarray:
@@ -70,6 +94,8 @@ class TorchMethod:
         x = torch.from_numpy(channels_first(image_0_255, self.ndim).astype(np.float32))[None]
         if self.name == "swin_unetr":
             probs = sliding_window_logits(self.model, (x / 255.0).to(self.device), self.patch, overlap=self.overlap)
+        elif self.whole_images:  # the whole case at once: SAM's transform, outputs back to the case's size
+            probs = self._sam_window_2d(x)
         elif self.ndim == 2:
             probs = sliding_window_inference(x, self.patch, 1, self._sam_window_2d, overlap=self.overlap,
                                              mode="gaussian")

@@ -1,8 +1,10 @@
 """Images and volumes -> model inputs, and model outputs -> label maps at the original size.
 
-Intensities are normalised per case (1st-99th percentile of the whole image or volume, SPEC 3.2),
-so a training patch and the full-case inference see the same mapping. SAM's geometry (resize the
-longest side to the input size, normalise, pad bottom/right) comes from ``medpipe.models.transforms``.
+Intensities are normalised per case (1st-99th percentile of the whole image or volume,
+docs/fidelity.md), so a training patch and the full-case inference see the same mapping. SAM's
+geometry (resize the longest side to the input size, normalise, pad bottom/right) comes from
+``medpipe.models.transforms``; whole training images of SAM-UNETR are padded to a centred square
+before the normalisation instead, as the reference's dataset transform does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medpipe.models.transforms import normalize_pixels, pad_to_square, resize_image, resize_label, resized_shape
+from medpipe.models.transforms import (
+    centre_pad,
+    normalize_pixels,
+    pad_to_square,
+    resize_image,
+    resize_label,
+    resized_shape,
+)
 
 
 def intensity_range(image: np.ndarray, lower: float = 1.0, upper: float = 99.0, max_samples: int = 1_000_000):
@@ -37,6 +46,24 @@ def to_sam_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}")
     return pad_to_square(normalize_pixels(resize_image(images.float(), size)), size)
+
+
+def whole_images_to_sam(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """Whole 2D images (C, H, W) 0-255 of any sizes -> (N, 3, size, size): longest side resized to
+    ``size``, zero-padded to a centred square (0 in the 0-255 range), then SAM-normalised."""
+    out = []
+    for image in images:
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        if tensor.shape[0] == 1:
+            tensor = tensor.expand(3, -1, -1)
+        out.append(normalize_pixels(centre_pad(resize_image(tensor, size), size)))
+    return torch.stack(out)
+
+
+def whole_labels_to_sam(labels: list[np.ndarray], size: int) -> torch.Tensor:
+    """Label maps (H, W) of any sizes -> (N, 1, size, size) int64, nearest-resized and centred like the images."""
+    return torch.stack([centre_pad(resize_label(torch.from_numpy(np.asarray(label, dtype=np.int64)), size), size)
+                        for label in labels])[:, None]
 
 
 def labels_to_sam(labels: torch.Tensor, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medpipe.files import write_json
-from medpipe.semantic.data import PatchSampler, load_case, read_split
+from medpipe.semantic.data import PatchSampler, WholeImageSampler, load_case, read_split
 from medpipe.semantic.evaluate import dice_rows, write_prediction, write_table
 from medpipe.store import DatasetStore
 
@@ -38,8 +38,10 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
                        device: str):
     """The model and its patch/predict rules for a torch method (errors name the misfit)."""
     from medpipe.semantic.methods import TorchMethod
+    from medpipe.semantic.train import output_activation
 
     n_classes = max(store.classes) + 1
+    activation = output_activation(settings.get("loss", "dice_ce"))
     if method in ("sam_unetr", "ma_sam"):
         from medpipe.models.sam import build_sam
 
@@ -54,17 +56,18 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
         if backbone.decoder_init == "pretrained" and not backbone.decoder_file:
             raise ValueError("--decoder-init pretrained needs --decoder-file")
         decoder_file = backbone.decoder_file if backbone.decoder_init == "pretrained" else None
-        model = build_sam_unetr(sam, n_classes, decoder_file, settings.get("input_size"))
+        model = build_sam_unetr(sam, n_classes, decoder_file, settings.get("input_size"), activation=activation)
         patch = (settings["patch_size"],) * 2
-        return TorchMethod(method, model, 2, patch, model.input_size, device=device)
+        return TorchMethod(method, model, 2, patch, model.input_size, device=device,
+                           image_prep=settings.get("image_prep", "crop"), activation=activation)
     if method == "ma_sam":
         from medpipe.models.ma_sam import build_ma_sam
 
         if store.ndim != 3:
             raise ValueError(f"{store.path}: ma_sam is the 3D method; this dataset is 2D (use sam_unetr)")
-        model = build_ma_sam(sam, n_classes, settings["input_size"], settings["freeze_encoder"])
+        model = build_ma_sam(sam, n_classes, settings["input_size"], settings["freeze_encoder"], activation)
         return TorchMethod(method, model, 3, tuple(settings["patch_size"]), model.input_size,
-                           halo=settings["halo"], device=device)
+                           halo=settings["halo"], device=device, activation=activation)
     from medpipe.models.swin_unetr import build_swin_unetr, check_patch
 
     shape = store.image_array(first_case).shape
@@ -84,10 +87,16 @@ def run_torch(method: str, settings: dict, store, split, seed: int, backbone: Ba
     rng = np.random.default_rng(seed)
     tm = build_torch_method(method, settings, store, split["train"][0], backbone, device)
     train_settings = TrainSettings.from_dict(settings)
-    sampler = PatchSampler(store, split["train"], tm.patch, rng)
+
+    def sampler_for(cases, generator):
+        if tm.whole_images:
+            return WholeImageSampler(store, cases, generator)
+        return PatchSampler(store, cases, tm.patch, generator)
+
+    sampler = sampler_for(split["train"], rng)
     val_batches = []
-    if split["val"]:  # fixed validation patches (own seed), the same at every validation
-        val_sampler = PatchSampler(store, split["val"], tm.patch, np.random.default_rng([seed, 1]))
+    if split["val"]:  # fixed validation patches or images (own seed), the same at every validation
+        val_sampler = sampler_for(split["val"], np.random.default_rng([seed, 1]))
         val_batches = [tm.to_batch(*val_sampler.batch(train_settings.batch_size))
                        for _ in range(train_settings.val_batches)]
     history = fit(tm.model, lambda: tm.to_batch(*sampler.batch(train_settings.batch_size)), val_batches,
@@ -123,7 +132,9 @@ def run_semantic(method: str, dataset: str, store_path, split_path, seed: int, s
         rows.extend(dice_rows(case_id, prediction, target, store.classes, **keys))
         write_prediction(prediction, store.info(case_id).spacing, pred_dir, case_id)
     frame = write_table(rows, table)
-    record.update({"settings": settings, **keys, "mean_dice": float(np.nanmean(frame["dice"])) if len(frame) else None})
+    per_class = frame.groupby("class_id")["dice"].mean()  # the reference's order: cases, then classes
+    mean_dice = float(per_class.mean()) if per_class.notna().any() else None
+    record.update({"settings": settings, **keys, "mean_dice": mean_dice})
     write_json(Path(pred_dir, "training.json"), record)  # the rule's declared output: written last
-    log.info("%s on %s: mean test Dice %.4f over %d cases", method, dataset, record["mean_dice"], len(split["test"]))
+    log.info("%s on %s: mean test Dice %s over %d cases", method, dataset, record["mean_dice"], len(split["test"]))
     return record
