@@ -42,15 +42,18 @@ def methods(model_type: str, size: dict, device: str):
     from medpipe.models.sam import build_sam
     from medpipe.models.sam_unetr import build_sam_unetr
     from medpipe.models.swin_unetr import build_swin_unetr
+    from medpipe.models.transforms import pixel_stats
     from medpipe.semantic.methods import TorchMethod
 
     n_classes = 3
-    unetr = build_sam_unetr(build_sam(model_type), n_classes)  # whole images, sigmoid outputs (the reference)
+    sam = build_sam(model_type)
+    unetr = build_sam_unetr(sam, n_classes)  # whole images, sigmoid outputs (the reference)
     yield "sam_unetr", TorchMethod("sam_unetr", unetr, 2, (size["unetr_patch"],) * 2, unetr.input_size,
-                                   device=device, image_prep="resize", activation="sigmoid"), size["batch2d"]
+                                   device=device, image_prep="resize", activation="sigmoid",
+                                   pixels=pixel_stats(sam)), size["batch2d"]
     masam = build_ma_sam(build_sam(model_type), n_classes, size["masam_input"], activation="sigmoid")
     yield "ma_sam", TorchMethod("ma_sam", masam, 3, size["masam_patch"], masam.input_size, halo=2,
-                                device=device, activation="sigmoid"), size["batch3d"]
+                                device=device, activation="sigmoid", pixels=pixel_stats(sam)), size["batch3d"]
     yield "swin_unetr_2d", TorchMethod("swin_unetr", build_swin_unetr(1, n_classes, 2, size["feature_size"]), 2,
                                        size["swin2d"], device=device), size["batch2d"]
     yield "swin_unetr_3d", TorchMethod("swin_unetr", build_swin_unetr(1, n_classes, 3, size["feature_size"]), 3,

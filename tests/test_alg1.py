@@ -9,6 +9,7 @@ from medpipe.finetune.data import IterationBatches, collate, instances_from_sema
 from medpipe.finetune.settings import PRESETS, SettingsError, fingerprint, resolve_run
 from medpipe.finetune.trainer import iteration_draws, lr_factor
 from medpipe.losses import pooled_dice_loss
+from medpipe.models.transforms import SAM_PIXELS
 
 
 def test_dice_loss_hand_computed():
@@ -142,7 +143,7 @@ def _label_with(objects: int, size: int = 32) -> np.ndarray:
 def test_n_obj_sampling_without_replacement():
     image = np.random.default_rng(0).normal(size=(32, 32))
     rng = np.random.default_rng(0)
-    kwargs = dict(patch_size=32, input_size=64, min_object_px=4, flips=True, image_prep="crop")
+    kwargs = dict(patch_size=32, input_size=64, min_object_px=4, flips=True, image_prep="crop", pixels=SAM_PIXELS)
     seen = set()
     for _ in range(20):
         sample = make_sample(image, _label_with(4), rng, n_obj=2, **kwargs)
@@ -162,7 +163,7 @@ def test_sample_crop_flip_and_foreground():
     label[10:20, 60:70] = 1
     image = np.where(label > 0, 1000.0, 0.0)
     sample = make_sample(image, label, np.random.default_rng(1), patch_size=32, input_size=64, n_obj=5,
-                         min_object_px=4, flips=True, image_prep="crop")
+                         min_object_px=4, flips=True, image_prep="crop", pixels=SAM_PIXELS)
     assert sample["image"].shape == (3, 64, 64)
     fg = sample["foreground"][0].bool()
     assert torch.equal(fg, sample["masks"][0].bool())  # one object: foreground == its mask
@@ -254,7 +255,7 @@ def test_resize_prep_keeps_the_whole_image_and_moves_objects_with_it():
     label[30:36, 2:8] = 2
     image = np.where(label > 0, 1000.0, 0.0)
     sample = make_sample(image, label, np.random.default_rng(1), patch_size=50, input_size=100, n_obj=5,
-                         min_object_px=4, flips=False, image_prep="resize")
+                         min_object_px=4, flips=False, image_prep="resize", pixels=SAM_PIXELS)
     masks, fg = sample["masks"].bool(), sample["foreground"][0].bool()
     assert sample["image"].shape == (3, 100, 100) and masks.shape == (2, 50, 50) and fg.shape == (50, 50)
     # x0.5 -> 20 x 50, padded by 15 rows on top and bottom; rows 10:20 -> 20:25, cols 60:70 -> 30:35
@@ -272,7 +273,7 @@ def test_resize_prep_keeps_the_whole_image_and_moves_objects_with_it():
         channel0[70:], torch.tensor(0.0), atol=1e-3)
     # crop (today's behaviour, an option) cuts a window at native resolution instead
     crop = make_sample(image, label, np.random.default_rng(1), patch_size=32, input_size=64, n_obj=5,
-                       min_object_px=4, flips=False, image_prep="crop")
+                       min_object_px=4, flips=False, image_prep="crop", pixels=SAM_PIXELS)
     assert crop["masks"].shape[1:] == (64, 64)
 
 
@@ -281,7 +282,7 @@ def test_resize_prep_falls_back_when_every_object_vanishes():
     label[0:20:2, 5:30] = 1  # lines of 25 px on even rows: a x0.5 nearest resize keeps odd rows only
     label[30:32, 30:32] = 2  # 4 px: below min_object_px, not an object at native size, but it survives
     sample = make_sample(np.ones((40, 40)), label, np.random.default_rng(0), patch_size=20, input_size=64,
-                         n_obj=5, min_object_px=20, flips=False, image_prep="resize")
+                         n_obj=5, min_object_px=20, flips=False, image_prep="resize", pixels=SAM_PIXELS)
     assert sample["masks"].shape == (1, 20, 20)  # the components of the resized label instead
     assert sample["masks"][0, 15, 15] == 1 and sample["masks"].sum() == 1
 

@@ -13,6 +13,7 @@ from medpipe.models.sam import CheckpointError, build_sam
 from medpipe.models.transforms import (
     PIXEL_MEAN,
     PIXEL_STD,
+    SAM_PIXELS,
     percentile_normalize,
     resize_label,
     sam_input,
@@ -92,7 +93,7 @@ def test_three_channels_and_uint8():
 
 def test_sam_input_resizes_longest_side_and_pads():
     image = np.full((50, 100, 3), 255.0, dtype=np.float32)
-    tensor = sam_input(image, 256)
+    tensor = sam_input(image, 256, SAM_PIXELS)
     assert tensor.shape == (3, 256, 256)
     expected = (255 - PIXEL_MEAN[0]) / PIXEL_STD[0]
     assert torch.allclose(tensor[0, :128], torch.full((128, 256), expected), atol=1e-4)  # 50x100 -> 128x256

@@ -57,7 +57,7 @@ def test_sam_unetr_vit_b_decoder_is_the_reference_unetr_layout():
         vit_b = sam_model_registry["vit_b"]()
     decoder = decoder_for(vit_b, out_channels=3)
     assert decoder.config == {"in_channels": 256, "out_channels": 3, "initial_features": 64, "upsampling": "bilinear",
-                              "activation": "sigmoid"}
+                              "activation": "sigmoid", "scale": 16}
     assert _n(decoder) == _decoder_parameters(256, 512, 3)
     assert [d.block[1].block.out_channels for d in (decoder.deconv1, decoder.deconv2, decoder.deconv3,
                                                      decoder.deconv4)] == [512, 256, 128, 64]
@@ -78,7 +78,7 @@ def test_skips_contribute_their_middle_channels():
 def test_decoder_matches_torch_em_unetr_without_skip_connections(sam):
     """Our decoder and torch-em's UNETR(use_skip_connection=False) on the same weights: same outputs."""
     unetr = pytest.importorskip("torch_em.model.unetr")
-    from medpipe.models.transforms import normalize_pixels
+    from medpipe.models.transforms import SAM_PIXELS, normalize_pixels
 
     for kind in ("bilinear", "transposed"):
         ours = decoder_for(sam, out_channels=3, upsampling=kind)
@@ -91,7 +91,7 @@ def test_decoder_matches_torch_em_unetr_without_skip_connections(sam):
         assert not result.unexpected_keys and all(k.startswith("encoder.") for k in result.missing_keys)
         x = torch.rand(2, 3, 256, 256) * 255
         with torch.no_grad():
-            assert torch.allclose(ref(x), ours(sam.image_encoder(normalize_pixels(x))), atol=1e-6)
+            assert torch.allclose(ref(x), ours(sam.image_encoder(normalize_pixels(x, SAM_PIXELS))), atol=1e-6)
 
 
 def test_pretrained_decoder_init_copies_all_but_classifier(sam, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from imageio import v3 as iio
 
 from medpipe.models.swin_unetr import padded_size
+from medpipe.models.transforms import SAM_PIXELS
 from medpipe.semantic.command import run_semantic_run as run_command
 from medpipe.semantic.data import PatchSampler, SplitError, read_split
 from medpipe.semantic.evaluate import dice_rows, write_prediction
@@ -81,7 +82,7 @@ def test_intensity_scaling_by_hand():
 
 def test_sam_geometry_of_batches_and_channels():
     grey = torch.full((2, 1, 32, 64), 255.0)
-    x = to_sam_batch(grey, 64)
+    x = to_sam_batch(grey, 64, SAM_PIXELS)
     assert x.shape == (2, 3, 64, 64)
     assert torch.all(x[:, :, 32:] == 0)  # bottom padding (after normalisation) is zero
     assert torch.allclose(x[0, 0, 0, 0], torch.tensor((255 - 123.675) / 58.395))
@@ -162,7 +163,7 @@ def test_sam_unetr_sees_whole_images_centred_in_training_and_sam_padded_at_test(
     from medpipe.semantic.preprocess import whole_images_to_sam, whole_labels_to_sam
 
     image = np.full((1, 20, 40), 255.0, np.float32)  # 20 x 40 -> 32 x 64 in a 64 px input
-    x = whole_images_to_sam([image], 64)
+    x = whole_images_to_sam([image], 64, SAM_PIXELS)
     raw = x[0, 0] * PIXEL_STD[0] + PIXEL_MEAN[0]
     assert torch.allclose(raw[16:48], torch.tensor(255.0)) and torch.allclose(raw[:16], torch.tensor(0.0), atol=1e-4)
     assert torch.allclose(raw[48:], torch.tensor(0.0), atol=1e-4)  # centred: 16 rows above, 16 below

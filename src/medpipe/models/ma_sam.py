@@ -113,6 +113,9 @@ def build_ma_sam(sam, n_classes: int, input_size: int | None = None, freeze_enco
                  activation: str | None = None) -> MaSam3D:
     """MA-SAM on a copy of ``sam``'s encoder; ``freeze_encoder`` trains only adapters, decoder and head;
     ``activation`` of the outputs (sigmoid with the reference loss, else logits)."""
+    if not hasattr(sam.image_encoder, "blocks"):
+        raise ValueError(f"MA-SAM puts adapters into ViT blocks; this {type(sam.image_encoder).__name__} encoder "
+                         "has none (a lite_medsam backbone cannot be used with ma_sam)")
     encoder = copy.deepcopy(sam.image_encoder)
     if input_size and input_size != encoder.img_size:
         resize_encoder(encoder, input_size)

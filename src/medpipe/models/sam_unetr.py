@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medpipe.models.posemb import resize_encoder
-from medpipe.models.sem_decoder import SemanticDecoder, decoder_for, load_decoder
+from medpipe.models.sem_decoder import SCALE, SemanticDecoder, decoder_for, load_decoder
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def init_decoder_from_file(decoder: SemanticDecoder, path) -> list[str]:
     names the file and the differing setting): a decoder from another backbone cannot be reused.
     """
     pretrained = load_decoder(path)
-    for key in ("in_channels", "initial_features", "upsampling"):
-        if pretrained.config[key] != decoder.config[key]:
-            raise ValueError(f"{path}: decoder {key} {pretrained.config[key]} does not match the model's "
+    for key in ("in_channels", "initial_features", "upsampling", "scale"):
+        if pretrained.config.get(key, SCALE) != decoder.config[key]:
+            raise ValueError(f"{path}: decoder {key} {pretrained.config.get(key, SCALE)} does not match the model's "
                              f"{decoder.config[key]}")
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(FRESH_PREFIX)}
     skipped = sorted(set(decoder.state_dict()) - set(state))

@@ -15,6 +15,13 @@ module is that design, written from its description (docs/fidelity.md, "Semantic
 - one more x2 upsampling reaches the input resolution, z0 is concatenated and a last conv block and
   a 1x1 classifier give the outputs, followed by the final activation (sigmoid).
 
+That is the layout for SAM's ViTs, whose embedding is 1/16 of the input. For an encoder whose
+embedding is 1/``scale`` of its input (LiteMedSAM's TinyViT: 64 x 64 at 256 px, scale 4) the same
+design has log2(scale) x2 steps, so the outputs come at the input resolution: deconvolution blocks
+``deconv1..deconvL`` (the last gives z0), L - 1 decoder levels and channels F * 2^(L-1) ... F.
+(torch-em's UNETR always upsamples 16 times and then resizes the outputs to the encoder's input
+size: for scale 4 that decodes at 1024 px to predict 256 px; docs/fidelity.md.)
+
 Conv blocks normalise *before* each convolution (instance norm without affine parameters, 3x3
 conv, ReLU, twice). Upsampling is bilinear x2 followed by a 1x1 conv (``upsampling: bilinear``, the
 reference since torch-em 2025-06) or a 2x2 transposed conv with stride 2 (``transposed``, older
@@ -32,6 +39,8 @@ UPSAMPLING = ("bilinear", "transposed")
 ACTIVATIONS = ("sigmoid", None)
 #: ViT patch size of every SAM encoder: the decoder upsamples the embedding 16 times (4 x2 steps)
 SCALE = 16
+#: embedding-to-input scales the decoder supports (2 to 4 x2 steps)
+SCALES = (4, 8, 16)
 
 
 class Conv3x3(nn.Module):
@@ -126,36 +135,39 @@ class DecoderLevels(nn.Module):
 
 
 class SemanticDecoder(nn.Module):
-    """Image embedding (B, in_channels, h, w) -> outputs (B, out_channels, 16h, 16w) after ``activation``.
+    """Image embedding (B, in_channels, h, w) -> outputs (B, out_channels, scale h, scale w) after ``activation``.
 
-    ``config`` (in_channels, out_channels, initial_features, upsampling, activation) rebuilds it.
+    ``config`` (in_channels, out_channels, initial_features, upsampling, activation, scale) rebuilds it.
     """
 
     def __init__(self, in_channels: int = 256, out_channels: int = 2, initial_features: int = 64,
-                 upsampling: str = "bilinear", activation: str | None = "sigmoid"):
+                 upsampling: str = "bilinear", activation: str | None = "sigmoid", scale: int = SCALE):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown decoder activation {activation!r}; expected one of {ACTIVATIONS}")
+        if scale not in SCALES:
+            raise ValueError(f"the semantic decoder upsamples x{' / x'.join(map(str, SCALES))}, not x{scale}")
         self.config = {"in_channels": int(in_channels), "out_channels": int(out_channels),
-                       "initial_features": int(initial_features), "upsampling": upsampling, "activation": activation}
-        f = [initial_features * 8, initial_features * 4, initial_features * 2, initial_features]
-        self.deconv1 = DeconvBlock(in_channels, f[0], upsampling)
-        self.deconv2 = DeconvBlock(f[0], f[1], upsampling)
-        self.deconv3 = DeconvBlock(f[1], f[2], upsampling)
-        self.deconv4 = DeconvBlock(f[2], f[3], upsampling)
+                       "initial_features": int(initial_features), "upsampling": upsampling, "activation": activation,
+                       "scale": int(scale)}
+        levels = int(scale).bit_length() - 1
+        f = [initial_features * 2 ** (levels - 1 - i) for i in range(levels)]
+        self.n_deconv = levels
+        for i in range(levels):  # deconv1 .. deconvL: the reference's attribute names (state-dict keys)
+            setattr(self, f"deconv{i + 1}", DeconvBlock(in_channels if i == 0 else f[i - 1], f[i], upsampling))
         self.base = ConvBlock(in_channels, f[0])
         self.decoder = DecoderLevels(f, upsampling)
-        self.deconv_out = upsampler(upsampling, f[3], f[3])
-        self.decoder_head = ConvBlock(2 * f[3], f[3])
-        self.out_conv = nn.Conv2d(f[3], out_channels, kernel_size=1)
+        self.deconv_out = upsampler(upsampling, f[-1], f[-1])
+        self.decoder_head = ConvBlock(2 * f[-1], f[-1])
+        self.out_conv = nn.Conv2d(f[-1], out_channels, kernel_size=1)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        z9 = self.deconv1(embedding)
-        z6 = self.deconv2(z9)
-        z3 = self.deconv3(z6)
-        z0 = self.deconv4(z3)
-        x = self.decoder(self.base(embedding), [z9, z6, z3])
-        x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
+        skips, z = [], embedding
+        for i in range(self.n_deconv):
+            z = getattr(self, f"deconv{i + 1}")(z)
+            skips.append(z)
+        x = self.decoder(self.base(embedding), skips[:-1])
+        x = self.decoder_head(torch.cat([self.deconv_out(x), skips[-1]], dim=1))
         x = self.out_conv(x)
         return torch.sigmoid(x) if self.config["activation"] == "sigmoid" else x
 
@@ -163,12 +175,14 @@ class SemanticDecoder(nn.Module):
 def decoder_for(sam, out_channels: int = 2, upsampling: str = "bilinear",
                 activation: str | None = "sigmoid") -> SemanticDecoder:
     """The decoder matching a SAM's embedding: the reference's widths (64 ... 512) on a 256-channel
-    ViT neck, a quarter of the embedding width as ``initial_features`` in general (16 for the tiny SAM)."""
+    ViT neck, a quarter of the embedding width as ``initial_features`` in general (16 for the tiny SAM),
+    with as many x2 steps as bring the embedding to the input size (4 for ViT, 2 for LiteMedSAM)."""
     in_channels = sam.prompt_encoder.embed_dim
     scale = sam.prompt_encoder.input_image_size[0] // sam.prompt_encoder.image_embedding_size[0]
-    if scale != SCALE:
-        raise ValueError(f"the semantic decoder upsamples x{SCALE}; this encoder's embedding is 1/{scale} of its input")
-    return SemanticDecoder(in_channels, out_channels, max(in_channels // 4, 1), upsampling, activation)
+    if scale not in SCALES:
+        raise ValueError(f"the semantic decoder upsamples x{' / x'.join(map(str, SCALES))}; this encoder's "
+                         f"embedding is 1/{scale} of its input")
+    return SemanticDecoder(in_channels, out_channels, max(in_channels // 4, 1), upsampling, activation, scale)
 
 
 def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
@@ -181,8 +195,8 @@ def save_decoder(decoder: SemanticDecoder, state: dict, path) -> None:
 def decoder_from_config(config: dict, where) -> SemanticDecoder:
     """A decoder built from a saved ``config``; a config of another layout is named as such."""
     expected = {"in_channels", "out_channels", "initial_features", "upsampling", "activation"}
-    if set(config) != expected:
-        raise ValueError(f"{where}: decoder config has keys {sorted(config)}, expected {sorted(expected)} "
+    if set(config) - {"scale"} != expected:  # scale: absent in files of ViT decoders written before it existed
+        raise ValueError(f"{where}: decoder config has keys {sorted(config)}, expected {sorted(expected | {'scale'})} "
                          "(a decoder of an older medpipe layout: rerun the finetune run and export it again)")
     return SemanticDecoder(**config)
 

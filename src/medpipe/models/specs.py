@@ -1,4 +1,4 @@
-"""Which models a study evaluates, and what identifies their weights (torch-free).
+"""Which models a study evaluates, and whose image embeddings each one reads (torch-free).
 
 Models are the config's base models (``models.<name>: {type, checkpoint}``) and every finetune run
 (``finetune.runs.<run>``, exported to ``<results>/models/<run>.pth`` with its base's type). The
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpipe.models.names import RANDOM_INIT, checkpoint_label
+from medpipe.finetune.settings import resolve_run
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,13 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     return specs
 
 
-def model_key(spec: ModelSpec, seed: int) -> str:
-    """What identifies the weights: the checkpoint's content hash, or type + seed for random init."""
-    if checkpoint_label(spec.checkpoint) == RANDOM_INIT:
-        return f"{spec.type}:{RANDOM_INIT}:seed{seed}"
-    from medpipe.files import sha256_of
-
-    return f"{spec.type}:sha256:{sha256_of(spec.checkpoint)}"
+def embedding_owner(config: dict, name: str) -> str:
+    """Whose image embeddings the model ``name`` uses: a finetune run with a frozen image encoder
+    (``freeze: [image_encoder]``) has exactly its base model's encoder, so it shares the base's
+    embedding caches; any other model owns its own. (The evaluation still checks that the cache was
+    made by an encoder with the model's weights: :func:`medpipe.models.sam.encoder_digest`.)"""
+    runs = config.get("finetune", {}).get("runs", {})
+    if name not in runs:
+        return name
+    settings = resolve_run(config, name)
+    return settings.base if settings.encoder_frozen else name

@@ -2,20 +2,42 @@
 
 Intensities: 1st-99th percentile of the sample -> [0, 1], clipped, x255; grey repeated to three
 channels. Geometry: SAM's own transform, i.e. resize the longest side to the model's input size,
-normalise with SAM's pixel mean/std and pad bottom/right with zeros to a square. Datasets that feed
-whole images at a fixed size (the reference's training images) resize the longest side and pad to
-a centred square instead (``centre_pad``).
+normalise with the *model's* pixel mean/std (``Sam.pixel_mean`` / ``pixel_std``: SAM's ImageNet
+statistics for SAM, 0 / 255 for LiteMedSAM, which takes [0, 1] images) and pad bottom/right with
+zeros to a square. Every caller passes the statistics of the model it feeds (:func:`pixel_stats`);
+there is no default, so a stage cannot silently give one model another's normalisation. Datasets
+that feed whole images at a fixed size (the reference's training images) resize the longest side
+and pad to a centred square instead (``centre_pad``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
+#: SAM's pixel statistics (ImageNet's, on 0-255 images), what ``segment_anything``'s builders set
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class PixelStats(NamedTuple):
+    """A model's per-channel input normalisation ``(x - mean) / std`` of a 0-255 image."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+SAM_PIXELS = PixelStats(PIXEL_MEAN, PIXEL_STD)
+
+
+def pixel_stats(sam) -> PixelStats:
+    """The pixel statistics a ``segment_anything.Sam`` normalises its inputs with (its ``preprocess``)."""
+    return PixelStats(tuple(float(v) for v in sam.pixel_mean.flatten().tolist()),
+                      tuple(float(v) for v in sam.pixel_std.flatten().tolist()))
 
 
 def percentile_normalize(image, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
@@ -91,14 +113,15 @@ def pad_to_square(tensor: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(tensor, (0, size - w, 0, size - h))
 
 
-def normalize_pixels(image: torch.Tensor) -> torch.Tensor:
-    """SAM's pixel normalisation of a (..., 3, H, W) 0-255 image."""
-    mean = torch.tensor(PIXEL_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
+def normalize_pixels(image: torch.Tensor, stats: PixelStats) -> torch.Tensor:
+    """A model's pixel normalisation (``stats``: :func:`pixel_stats` of it) of a (..., 3, H, W) 0-255 image."""
+    mean = torch.tensor(stats.mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std = torch.tensor(stats.std, dtype=image.dtype, device=image.device).view(3, 1, 1)
     return (image - mean) / std
 
 
-def sam_input(image_hw3: np.ndarray, img_size: int) -> torch.Tensor:
-    """A (H, W, 3) 0-255 image -> the (3, img_size, img_size) tensor the image encoder takes."""
+def sam_input(image_hw3: np.ndarray, img_size: int, stats: PixelStats) -> torch.Tensor:
+    """A (H, W, 3) 0-255 image -> the (3, img_size, img_size) tensor the image encoder of a model with
+    pixel statistics ``stats`` takes (what ``SamPredictor.set_image`` builds)."""
     tensor = torch.from_numpy(np.ascontiguousarray(image_hw3, dtype=np.float32)).permute(2, 0, 1)
-    return pad_to_square(normalize_pixels(resize_image(tensor, img_size)), img_size)
+    return pad_to_square(normalize_pixels(resize_image(tensor, img_size), stats), img_size)

@@ -22,6 +22,7 @@ from monai.inferers import sliding_window_inference
 
 from medpipe.models.ma_sam import blockwise_predict
 from medpipe.models.swin_unetr import sliding_window_logits
+from medpipe.models.transforms import PixelStats
 from medpipe.semantic.preprocess import (
     channels_first,
     labels_to_sam,
@@ -46,6 +47,7 @@ class TorchMethod:
     device: str = "cpu"
     image_prep: str = "crop"  # resize: whole 2D images (SAM-UNETR); crop: patches and sliding windows
     activation: str | None = None  # the model's output activation (sigmoid for the reference loss)
+    pixels: PixelStats | None = None  # the SAM backbone's input normalisation (None for Swin UNETR)
 
     @property
     def whole_images(self) -> bool:
@@ -57,29 +59,29 @@ class TorchMethod:
     def to_batch(self, images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches or whole images (0-255, colour last) and labels -> (x, y) with y of shape (B, 1, ...)."""
         if self.whole_images:
-            return (whole_images_to_sam([channels_first(i, 2) for i in images], self.input_size),
+            return (whole_images_to_sam([channels_first(i, 2) for i in images], self.input_size, self.pixels),
                     whole_labels_to_sam(labels, self.input_size))
         x = torch.from_numpy(np.stack([channels_first(i, self.ndim) for i in images]).astype(np.float32))
         y = torch.from_numpy(np.stack(labels).astype(np.int64))
         if self.name == "swin_unetr":
             return x / 255.0, y[:, None]
         if self.ndim == 2:
-            return to_sam_batch(x, self.input_size), labels_to_sam(y, self.input_size)[:, None]
+            return to_sam_batch(x, self.input_size, self.pixels), labels_to_sam(y, self.input_size)[:, None]
         b, c, d, h, w = x.shape  # MA-SAM: every slice through SAM's geometry
-        xs = to_sam_batch(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w), self.input_size)
+        xs = to_sam_batch(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w), self.input_size, self.pixels)
         xs = xs.view(b, d, 3, self.input_size, self.input_size).permute(0, 2, 1, 3, 4)
         ys = labels_to_sam(y.reshape(b * d, h, w), self.input_size).view(b, 1, d, self.input_size, self.input_size)
         return xs, ys
 
     def _sam_window_2d(self, window: torch.Tensor) -> torch.Tensor:
         """(N, C, ph, pw) 0-255 windows -> (N, K, ph, pw) probabilities (SAM-UNETR)."""
-        outputs = self.model(to_sam_batch(window, self.input_size).to(self.device))
+        outputs = self.model(to_sam_batch(window, self.input_size, self.pixels).to(self.device))
         return self._probs(restore_logits(outputs, tuple(window.shape[-2:]), self.input_size)).cpu()
 
     def _sam_window_3d(self, window: torch.Tensor) -> torch.Tensor:
         """(N, C, d, ph, pw) 0-255 windows -> (N, K, d, ph, pw) probabilities (MA-SAM)."""
         n, c, d, h, w = window.shape
-        x = to_sam_batch(window.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w), self.input_size)
+        x = to_sam_batch(window.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w), self.input_size, self.pixels)
         x = x.view(n, d, 3, self.input_size, self.input_size).permute(0, 2, 1, 3, 4)
         logits = self.model(x.to(self.device))  # (N, K, d, S, S)
         k = logits.shape[1]

@@ -2,7 +2,8 @@
 
 Intensities are normalised per case (1st-99th percentile of the whole image or volume,
 docs/fidelity.md), so a training patch and the full-case inference see the same mapping. SAM's
-geometry (resize the longest side to the input size, normalise, pad bottom/right) comes from
+geometry (resize the longest side to the input size, normalise with the backbone's own pixel
+statistics, pad bottom/right) comes from
 ``medpipe.models.transforms``; whole training images of SAM-UNETR are padded to a centred square
 before the normalisation instead, as the reference's dataset transform does.
 """
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medpipe.models.transforms import (
+    PixelStats,
     centre_pad,
     normalize_pixels,
     pad_to_square,
@@ -39,24 +41,24 @@ def scale_intensity(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0) * 255.0
 
 
-def to_sam_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, H, W) 0-255 images (C = 1 or 3) -> SAM inputs (N, 3, size, size)."""
+def to_sam_batch(images: torch.Tensor, size: int, pixels: PixelStats) -> torch.Tensor:
+    """(N, C, H, W) 0-255 images (C = 1 or 3) -> inputs (N, 3, size, size) of a SAM with statistics ``pixels``."""
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got {images.shape[1]}")
-    return pad_to_square(normalize_pixels(resize_image(images.float(), size)), size)
+    return pad_to_square(normalize_pixels(resize_image(images.float(), size), pixels), size)
 
 
-def whole_images_to_sam(images: list[np.ndarray], size: int) -> torch.Tensor:
+def whole_images_to_sam(images: list[np.ndarray], size: int, pixels: PixelStats) -> torch.Tensor:
     """Whole 2D images (C, H, W) 0-255 of any sizes -> (N, 3, size, size): longest side resized to
-    ``size``, zero-padded to a centred square (0 in the 0-255 range), then SAM-normalised."""
+    ``size``, zero-padded to a centred square (0 in the 0-255 range), then normalised with ``pixels``."""
     out = []
     for image in images:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         if tensor.shape[0] == 1:
             tensor = tensor.expand(3, -1, -1)
-        out.append(normalize_pixels(centre_pad(resize_image(tensor, size), size)))
+        out.append(normalize_pixels(centre_pad(resize_image(tensor, size), size), pixels))
     return torch.stack(out)
 
 

@@ -47,7 +47,10 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
 
         if not backbone.model_type:
             raise ValueError(f"--method {method} needs --model-type of the backbone")
+        from medpipe.models.transforms import pixel_stats
+
         sam = build_sam(backbone.model_type, backbone.checkpoint)
+        pixels = pixel_stats(sam)  # the backbone's own input normalisation (LiteMedSAM: [0, 1] images)
     if method == "sam_unetr":
         from medpipe.models.sam_unetr import build_sam_unetr
 
@@ -59,7 +62,7 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
         model = build_sam_unetr(sam, n_classes, decoder_file, settings.get("input_size"), activation=activation)
         patch = (settings["patch_size"],) * 2
         return TorchMethod(method, model, 2, patch, model.input_size, device=device,
-                           image_prep=settings.get("image_prep", "crop"), activation=activation)
+                           image_prep=settings.get("image_prep", "crop"), activation=activation, pixels=pixels)
     if method == "ma_sam":
         from medpipe.models.ma_sam import build_ma_sam
 
@@ -67,7 +70,7 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
             raise ValueError(f"{store.path}: ma_sam is the 3D method; this dataset is 2D (use sam_unetr)")
         model = build_ma_sam(sam, n_classes, settings["input_size"], settings["freeze_encoder"], activation)
         return TorchMethod(method, model, 3, tuple(settings["patch_size"]), model.input_size,
-                           halo=settings["halo"], device=device, activation=activation)
+                           halo=settings["halo"], device=device, activation=activation, pixels=pixels)
     from medpipe.models.swin_unetr import build_swin_unetr, check_patch
 
     shape = store.image_array(first_case).shape
