@@ -20,17 +20,19 @@ from medpipe.config import (
     write_resolved,
 )
 from medpipe.finetune.settings import resolve_run
-from medpipe.models.names import RANDOM_INIT, checkpoint_label
-from medpipe.models.specs import ModelSpec, model_specs
+from medpipe.models.names import RANDOM_INIT, checkpoint_file, checkpoint_label
+from medpipe.models.specs import ModelSpec, embedding_owner, model_specs
 
 __all__ = [
     "RANDOM_INIT",
     "ConfigError",
     "ModelSpec",
     "check_files",
+    "checkpoint_file",
     "checkpoint_label",
     "config_snapshot_path",
     "datasets_with_role",
+    "embedding_owner",
     "finetune_base_checkpoint",
     "finetune_export_checkpoint",
     "finetune_has_decoder",
@@ -54,7 +56,7 @@ def finetune_model_type(config: dict, run: str) -> str:
 
 
 def finetune_base_checkpoint(config: dict, run: str) -> str | None:
-    """The base model's checkpoint path of a finetune run, or ``None`` for random init."""
+    """The base model's checkpoint of a finetune run: a path, ``bundled`` or ``None`` for random init."""
     return resolve_run(config, run).checkpoint
 
 

@@ -196,8 +196,9 @@ def data_targets():
 
 # -- finetune ----------------------------------------------------------------------------------
 def finetune_base_checkpoint(wildcards):
-    """The base checkpoint file (an input, so a missing file is reported before the job runs)."""
-    base = planning.finetune_base_checkpoint(config, wildcards.run)
+    """The base checkpoint file (an input, so a missing file is reported before the job runs); none for
+    random init and for `bundled` weights (inside an installed package, verified when a job reads them)."""
+    base = planning.checkpoint_file(planning.finetune_base_checkpoint(config, wildcards.run))
     return [base] if base else []
 
 
@@ -240,13 +241,16 @@ def eval_model(wildcards):
 
 
 def eval_model_checkpoint(wildcards):
-    """The model's weights file (a finetune export is built by the finetune stage), or none for random init."""
-    weights = EVAL_MODELS[wildcards.model].checkpoint
+    """The model's weights file (a finetune export is built by the finetune stage), or none for random
+    init and `bundled` weights."""
+    weights = planning.checkpoint_file(EVAL_MODELS[wildcards.model].checkpoint)
     return [weights] if weights else []
 
 
 def embedding_cache(wildcards):
-    return f"{R}/embeddings/{wildcards.model}/{wildcards.dataset}.zarr"
+    """The embedding cache a model reads: its own, or its base model's when it is a finetune run with a
+    frozen image encoder (the same encoder weights, so the same embeddings; the job checks the digest)."""
+    return f"{R}/embeddings/{planning.embedding_owner(config, wildcards.model)}/{wildcards.dataset}.zarr"
 
 
 def dataset_roles(wildcards):
@@ -301,7 +305,7 @@ def backbone_type(name):
 
 
 def backbone_weights(name):
-    """The backbone's SAM state dict: a base checkpoint (or none = random init) or a finetune export."""
+    """The backbone's SAM weights: a base checkpoint (a file, `bundled` or none = random init) or a finetune export."""
     if name in config["models"]:
         return config["models"][name].get("checkpoint")
     return exported_model(name)
@@ -339,7 +343,7 @@ def semantic_model_inputs(wildcards):
     """Weights the job reads (inputs, so a missing export is built or reported before the job runs)."""
     if wildcards.backbone == "none":
         return []
-    weights = backbone_weights(wildcards.backbone)
+    weights = planning.checkpoint_file(backbone_weights(wildcards.backbone))
     files = [weights] if weights else []
     if wildcards.init == "pretrained":
         files.append(backbone_decoder(wildcards.backbone))

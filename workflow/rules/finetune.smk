@@ -2,7 +2,8 @@
 # compatibility checks -> compatibility table (paper Tab. 1).
 #
 #   {R}/finetune/<run>/          latest.pt, best.pt, metrics.csv, tensorboard/, training.json (the rule's output)
-#   {R}/models/<run>.pth         flat segment_anything state dict (+ <run>.decoder.pth when e_sem, <run>.sha256)
+#   {R}/models/<run>.pth         flat segment_anything state dict (+ <run>.decoder.pth when e_sem, <run>.sha256,
+#                                <run>.export.json: model type, base, preset, frozen parts, iteration, hashes)
 #   {R}/models/<run>.compat.json and {R}/tables/compatibility.tsv
 #
 # Checkpoints are not declared outputs, so Snakemake never deletes them after a failed or killed
@@ -40,6 +41,7 @@ rule export_model:
     output:
         model=exported_model("{run}"),
         sha=f"{R}/models/{{run}}.sha256",
+        meta=f"{R}/models/{{run}}.export.json",
     wildcard_constraints:
         run=one_of(PLAIN_RUNS),
     params:
@@ -59,6 +61,7 @@ use rule export_model as export_model_with_decoder with:
         model=exported_model("{run}"),
         decoder=backbone_decoder("{run}"),
         sha=f"{R}/models/{{run}}.sha256",
+        meta=f"{R}/models/{{run}}.export.json",
     wildcard_constraints:
         run=one_of(DECODER_RUNS),
 

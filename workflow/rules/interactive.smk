@@ -12,7 +12,9 @@
 #                                                            one grid point on the validation volumes, alone
 #                                                            (not part of `all`; ask for the file to run it)
 #
-# Only the embed job runs the image encoder; the evaluation jobs read its cache.
+# Only the embed job runs the image encoder; the evaluation jobs read its cache. A finetune run with a
+# frozen image encoder has its base model's encoder, so it reads the base model's cache (no embed job
+# of its own); every job checks that the cache was made by an encoder with its model's weights.
 
 
 rule interactive_embed:

@@ -3,8 +3,9 @@
 ``export`` writes a flat state dict holding only ``image_encoder.*``, ``prompt_encoder.*`` and
 ``mask_decoder.*`` (what ``segment_anything`` and every tool built on it load with strict keys),
 the joint semantic decoder in a separate ``OUT.decoder.pth`` (extra keys in the SAM file break
-those tools), and the sha256 of both in ``OUT.sha256``. Files are written reproducibly, so equal
-weights give equal hashes.
+those tools), the sha256 of both in ``OUT.sha256`` and what the model is in ``OUT.export.json``
+(model type, base checkpoint label, preset, frozen parts, iteration, hashes). Files are written
+reproducibly, so equal weights give equal hashes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from medpipe.files import TorchFileError, load_torch, save_torch, sha256_of, write_text
+from medpipe.files import TorchFileError, load_torch, save_torch, sha256_of, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ def sha_path_for(out: Path) -> Path:
     return _beside(out, ".sha256")
 
 
+def meta_path_for(out: Path) -> Path:
+    """``<run>.export.json`` beside ``<run>.pth``."""
+    return _beside(out, ".export.json")
+
+
 def export(training_ckpt, out) -> dict:
     """Export ``training_ckpt`` to ``out`` (+ decoder file when present, + sha256 file); returns a summary."""
     training_ckpt, out = Path(training_ckpt), Path(out)
@@ -100,7 +106,12 @@ def export(training_ckpt, out) -> dict:
     elif decoder_out.exists():
         decoder_out.unlink()  # a stale decoder of an earlier export must not travel with this model
     write_text(sha_path_for(out), "".join(f"{h}  {name}\n" for name, h in hashes.items()))
-    log.info("exported %s -> %s (%d tensors, decoder: %s)", training_ckpt, out, len(sam_state), bool(decoder_state))
-    return {"out": str(out), "tensors": len(sam_state), "decoder": bool(decoder_state), "sha256": hashes,
-            "model_type": blob.get("model_type"), "model_label": blob.get("model_label"),
-            "iteration": blob.get("iteration")}
+    settings = blob.get("settings") or {}
+    summary = {"out": out.name, "source": training_ckpt.name, "tensors": len(sam_state), "decoder": bool(decoder_state),
+               "sha256": hashes, "model_type": blob.get("model_type"), "model_label": blob.get("model_label"),
+               "run": settings.get("run"), "preset": settings.get("preset"), "iteration": blob.get("iteration"),
+               "freeze": list(blob.get("freeze", settings.get("freeze", [])))}
+    write_json(meta_path_for(out), summary)
+    log.info("exported %s -> %s (%d tensors, decoder: %s, frozen: %s)", training_ckpt, out, len(sam_state),
+             bool(decoder_state), ", ".join(summary["freeze"]) or "nothing")
+    return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from medpipe.config import load_config
 from medpipe.finetune.settings import resolve_run
@@ -26,6 +27,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="training folder (checkpoints, metrics)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override knobs of this run (YAML values), e.g. iterations=10")
+    parser.add_argument("--embedding-cache", default=None,
+                        help="folder for a frozen image encoder's embeddings, shared by runs on the same encoder "
+                             "(default: <results_dir>/finetune_embeddings; size: finetune.embedding_cache_gb)")
     parser.add_argument("--die-after", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
 
 
@@ -46,9 +50,11 @@ def run_finetune(args) -> int:
         if key not in settings:
             raise SystemExit(f"--set {item}: unknown knob {key!r}")
         settings = settings.replace(**{key: yaml.safe_load(value)})
+    cache = args.embedding_cache or Path(config["results_dir"]) / "finetune_embeddings"
     try:
         summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
-                        die_after=args.die_after)
+                        die_after=args.die_after, embedding_cache=cache,
+                        embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
     except ResumeError as exc:
         log.error("%s", exc)
         return 2

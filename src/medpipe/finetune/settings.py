@@ -21,6 +21,8 @@ from medpipe.models.names import MODEL_TYPES, checkpoint_label
 IMAGE_PREPS = ("resize", "crop")
 #: ``lr_decay`` value of a constant learning rate (what the reference code ran)
 NO_DECAY = "none"
+#: the parts of SAM that ``freeze`` may name (micro-sam's trainer option of the same name)
+FREEZABLE = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
 class SettingsError(ValueError):
@@ -84,9 +86,17 @@ class FinetuneSettings(Mapping):
     bf16: bool
     corpus_variant: str
     export_checkpoint: str
+    freeze: tuple[str, ...]  # parts of SAM left untrained, in FREEZABLE order
 
     def __post_init__(self):
         where = f"finetune.runs.{self.run}"
+        freeze = [self.freeze] if isinstance(self.freeze, str) else list(self.freeze or ())
+        unknown = sorted(set(freeze) - set(FREEZABLE))
+        if unknown:
+            raise SettingsError(f"{where}: freeze names {unknown}; only {list(FREEZABLE)} can be frozen")
+        object.__setattr__(self, "freeze", tuple(part for part in FREEZABLE if part in freeze))
+        if len(self.freeze) == len(FREEZABLE):
+            raise SettingsError(f"{where}: freeze names every part of SAM; nothing would be trained")
         if self.model_type not in MODEL_TYPES:
             raise SettingsError(f"{where}: unknown model type {self.model_type!r}")
         for key in ("p_box", "p_mask"):
@@ -103,6 +113,16 @@ class FinetuneSettings(Mapping):
     def decoder_passes(self) -> int:
         """Mask-decoder passes per iteration: the initial prompt and ``n_steps`` corrections."""
         return int(self.n_steps) + 1
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return "image_encoder" in self.freeze
+
+    @property
+    def caches_embeddings(self) -> bool:
+        """Whether a training image always reaches the encoder as the same input, so a frozen encoder's
+        embedding can be computed once and reused: no flips, whole images resized (no random crop)."""
+        return self.encoder_frozen and not self.flips and self.image_prep == "resize"
 
     @property
     def decay_factor(self) -> float:

@@ -6,6 +6,12 @@ iteration steps it once for the interactive loss and, with e_sem, once more for 
 after running the encoder again, so the encoder is updated twice and both steps share the moments
 (docs/fidelity.md, "Finetuning").
 
+``freeze`` leaves parts of SAM untrained: they get no gradient and no optimiser state and stay in
+eval mode (:func:`set_modes`), so they end bit-identical to the base model. A frozen image encoder
+is run without gradients on one image at a time and its embeddings are reused across iterations and
+runs when the input repeats (:mod:`medpipe.finetune.encoder_cache`); with e_sem the semantic step
+then reads the same embeddings instead of running the encoder again.
+
 Exact resume holds by construction: every random draw is derived from (seed, iteration) or
 (seed, sample position) rather than from a stateful generator, the data order is a function of the
 position (see :mod:`medpipe.finetune.data`), and the checkpoint holds the weights, the optimiser,
@@ -35,6 +41,7 @@ from tqdm import tqdm
 from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
+from medpipe.finetune.encoder_cache import FrozenEncoder
 from medpipe.finetune.objective import (
     VALIDATION_KINDS,
     alg1_loss,
@@ -43,8 +50,9 @@ from medpipe.finetune.objective import (
     validation_dice_loss,
 )
 from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
-from medpipe.models.sam import build_sam
+from medpipe.models.sam import build_sam, encoder_digest
 from medpipe.models.sem_decoder import decoder_for
+from medpipe.models.transforms import pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,26 @@ class FinetuneModel(nn.Module):
         self.sem_decoder = sem_decoder
 
 
+def freeze_parts(sam, parts) -> None:
+    """No gradients for the named parts of SAM (``freeze``); they are left out of the optimiser."""
+    for part in parts:
+        for param in getattr(sam, part).parameters():
+            param.requires_grad_(False)
+
+
+def set_modes(model: FinetuneModel, frozen) -> None:
+    """Train mode, except the frozen parts of SAM, which stay in eval mode: their batch-norm
+    statistics never move (TinyViT has batch norm) and TinyViT's attention caches are rebuilt from
+    the current weights (re-applied after every weight load)."""
+    model.train()
+    for part in frozen:
+        getattr(model.sam, part).eval()
+
+
 def enable_activation_checkpointing(sam) -> None:
     """Recompute each ViT block in the backward pass (less memory, same keys and results)."""
+    if not hasattr(sam.image_encoder, "blocks"):
+        raise ValueError("activation_checkpointing wraps ViT blocks; this image encoder has none")
     for block in sam.image_encoder.blocks:
         forward = block.forward
         block.forward = lambda x, f=forward: activation_checkpoint(f, x, use_reentrant=False)
@@ -160,16 +186,19 @@ def _image_rngs(seed: int, stream: int, positions) -> list[np.random.Generator]:
 
 
 @torch.no_grad()
-def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSettings, seed: int, device) -> dict:
+def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSettings, seed: int, device,
+             encode=None) -> dict:
     """Mean Dice loss over a fixed set of validation batches, cycling the prompt kinds
-    point / box / points / box+points; plus the semantic decoder's Dice loss / 3 when e_sem."""
+    point / box / points / box+points; plus the semantic decoder's Dice loss / 3 when e_sem.
+    ``encode``: the frozen encoder's cache (:class:`FrozenEncoder`), else the model's encoder runs."""
     model.eval()
+    encode = encode or model.sam.image_encoder
     batch = settings.batch_size
     inter, sem = [], []
     for index in range(settings.val_batches):
         data = collate([dataset[p] for p in range(index * batch, (index + 1) * batch)])
         images, masks = data["image"].to(device), data["masks"].to(device).float()
-        embeddings = model.sam.image_encoder(images)
+        embeddings = encode(images)
         rngs = _image_rngs(seed, STREAM_VAL_PROMPTS, data["position"])
         kind = VALIDATION_KINDS[index % len(VALIDATION_KINDS)]
         inter.append(float(validation_dice_loss(model.sam, embeddings, masks, rngs, kind)))
@@ -177,7 +206,7 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSet
             foreground = data["foreground"].to(device).float()
             probs = semantic_outputs(model.sem_decoder, embeddings, foreground.shape[-1])
             sem.append(float(semantic_dice_loss(probs, foreground)))
-    model.train()
+    set_modes(model, settings.freeze)
     result = {"interactive": float(np.mean(inter))}
     result["semantic"] = float(np.mean(sem)) if sem else float("nan")
     result["metric"] = result["interactive"] + (result["semantic"] / 3 if sem else 0.0)
@@ -201,6 +230,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     start: int = 0
     best: float = float("inf")
+    frozen_encoder: FrozenEncoder | None = None  # freeze: [image_encoder]
 
     @property
     def sam(self):
@@ -234,22 +264,26 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
                          f"{settings.model_type} model's input size {native}; SAM-compatible export needs it")
     settings = settings.replace(input_size=native)
     decoder = decoder_for(sam, out_channels=2, upsampling=settings.sem_upsampling) if settings.e_sem else None
-    model = FinetuneModel(sam, decoder).to(ctx.device).train()
-    if settings.activation_checkpointing:
+    model = FinetuneModel(sam, decoder).to(ctx.device)
+    freeze_parts(sam, settings.freeze)
+    set_modes(model, settings.freeze)
+    if settings.activation_checkpointing and not settings.encoder_frozen:
         enable_activation_checkpointing(sam)
+    pixels = pixel_stats(sam)  # the model's own input normalisation (LiteMedSAM: [0, 1] images)
 
     frame = settings.patch_size if settings.image_prep == "resize" else None
     train_items = build_items(corpus_table, store_paths, "train", settings.corpus_variant, settings.min_object_px,
                               frame)
     val_items = build_items(corpus_table, store_paths, "val", settings.corpus_variant, settings.min_object_px, frame)
-    train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN)
-    val_ds = (CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL) if val_items
-              else None)
+    train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN, pixels=pixels)
+    val_ds = (CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL, pixels=pixels)
+              if val_items else None)
     decay_every = settings.lr_decay_every or max(len(train_items) // (settings.batch_size * ctx.world_size), 1)
 
     # one AdamW over SAM and the decoder (reference: model params + decoder params); with e_sem it
-    # is stepped twice per iteration, so the encoder's moments see both losses
-    params = list(sam.parameters()) + (list(decoder.parameters()) if decoder is not None else [])
+    # is stepped twice per iteration, so the encoder's moments see both losses. Frozen parts are not in it.
+    params = [p for p in sam.parameters() if p.requires_grad]
+    params += list(decoder.parameters()) if decoder is not None else []
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, settings.decay_factor, decay_every))
@@ -276,6 +310,7 @@ def resume(run: Run) -> None:
                           f"!= {expected}); delete {run.out_dir} to start this run afresh")
     try:
         run.model.load_state_dict(state["model_state"], strict=True)
+        set_modes(run.model, run.settings.freeze)  # TinyViT: eval-mode caches follow the loaded weights
         run.optimizer.load_state_dict(state["optimizer_state"])
         run.scheduler.load_state_dict(state["scheduler_state"])
         run.start, run.best = int(state["iteration"]), float(state["best_metric"])
@@ -300,6 +335,7 @@ def save_checkpoint(run: Run, path: Path, iteration: int) -> None:
         "settings": json.loads(json.dumps(dict(settings), default=str)),
         "model_type": settings.model_type,
         "model_label": model_label(settings),
+        "freeze": list(settings.freeze),
         "world_size": run.ctx.world_size,
     }
     if run.decoder is not None:
@@ -317,19 +353,22 @@ def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
     rngs = _image_rngs(run.seed, STREAM_PROMPTS, batch["position"])
     lr = run.optimizer.param_groups[0]["lr"]
     run.model.zero_grad(set_to_none=True)
+    frozen = run.frozen_encoder(images) if run.frozen_encoder is not None else None
     with autocast:
-        embeddings = sam.image_encoder(images)
+        embeddings = sam.image_encoder(images) if frozen is None else frozen
         losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
                            n_steps=settings.n_steps, box_distortion=settings.box_distortion)
     losses["loss"].backward()
     D.average_gradients(list(sam.parameters()), ctx)
     run.optimizer.step()
+    D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
     row = {key: float(value.detach()) for key, value in losses.items()}
     if run.decoder is not None:  # Alg. 1 lines 37-40: own backward, a second step of the same optimiser
         run.model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by AdamW
         foreground = batch["foreground"].to(ctx.device).float()
-        with autocast:  # the encoder runs again, with the weights of the interactive step
-            probs = semantic_outputs(run.decoder, sam.image_encoder(images), foreground.shape[-1])
+        with autocast:  # the encoder runs again, with the weights of the interactive step (unless frozen)
+            again = sam.image_encoder(images) if frozen is None else frozen
+            probs = semantic_outputs(run.decoder, again, foreground.shape[-1])
             sem_loss = semantic_dice_loss(probs, foreground)
         sem_loss.backward()
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
@@ -345,7 +384,7 @@ def validate_and_checkpoint(run: Run, done: int, metrics: MetricsLog, stop: bool
     settings, ctx = run.settings, run.ctx
     last = done == settings.iterations
     if run.val_ds is not None and (done % settings.val_every == 0 or last) and ctx.is_main:
-        result = validate(run.model, run.val_ds, settings, run.seed, ctx.device)
+        result = validate(run.model, run.val_ds, settings, run.seed, ctx.device, run.frozen_encoder)
         metrics.add({"iteration": done, "split": "val", "loss": result["metric"], "mask_loss": result["interactive"],
                      "sem_loss": "" if np.isnan(result["semantic"]) else result["semantic"]})
         if result["metric"] < run.best:
@@ -364,6 +403,7 @@ def summarize(run: Run, divergence: float) -> dict:
         shutil.copyfile(run.latest, run.best_path)
     summary = {"run": settings.run, "iterations": settings.iterations, "model_type": settings.model_type,
                "base": settings.base, "model_label": model_label(settings), "preset": settings.preset,
+               "freeze": list(settings.freeze),
                "best_metric": None if run.best == float("inf") else run.best, "world_size": run.ctx.world_size,
                "rank_divergence": divergence, "train_images": len(run.train_items),
                "val_images": len(run.val_items), "settings": dict(settings)}
@@ -371,13 +411,25 @@ def summarize(run: Run, divergence: float) -> dict:
     return summary
 
 
+def attach_frozen_encoder(run: Run, cache_dir=None, cache_bytes: float = 0) -> None:
+    """With a frozen image encoder: encode through :class:`FrozenEncoder`, keeping embeddings in
+    ``cache_dir`` (up to ``cache_bytes``) when the inputs repeat (``caches_embeddings``). Called after
+    ``resume``, so the digest is that of the weights actually in use."""
+    if not run.settings.encoder_frozen:
+        return
+    keep = cache_dir is not None and cache_bytes > 0 and run.settings.caches_embeddings
+    run.frozen_encoder = FrozenEncoder(run.sam.image_encoder, encoder_digest(run.sam), cache_dir if keep else None,
+                                       cache_bytes if keep else 0)
+
+
 def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
-          die_after: int | None = None) -> dict:
+          die_after: int | None = None, embedding_cache=None, embedding_cache_bytes: float = 0) -> dict:
     """Run (or continue) one finetune run; returns the summary written to ``training.json``.
 
     ``settings`` is a :class:`FinetuneSettings` (or a mapping of its fields). ``die_after``: fault
     injection for tests, SIGKILL this process once that many iterations are done (after any
-    checkpoint of that iteration).
+    checkpoint of that iteration). ``embedding_cache``: the folder a frozen image encoder's
+    embeddings are kept in (up to ``embedding_cache_bytes``), shared by runs on the same encoder.
     """
     ctx = D.setup()
     if ctx.is_main:
@@ -386,6 +438,8 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     run = set_up(settings, corpus_table, store_paths, out_dir, seed, ctx)
     resume(run)
     D.broadcast_parameters(run.model, ctx)
+    set_modes(run.model, run.settings.freeze)  # after every weight change (TinyViT's eval-mode caches)
+    attach_frozen_encoder(run, embedding_cache, embedding_cache_bytes)
     settings = run.settings
     metrics = MetricsLog(run.out_dir, run.start, ctx.is_main, model_label(settings))
     preemption = PreemptionFlag()
@@ -415,6 +469,9 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     progress.close()
     metrics.close()
     preemption.restore()
+    if run.frozen_encoder is not None:
+        log.info("frozen image encoder: %d images encoded, %d embeddings read from %s", run.frozen_encoder.misses,
+                 run.frozen_encoder.hits, run.frozen_encoder.folder or "(no cache)")
     divergence = D.max_divergence(run.model, ctx)  # data parallelism must keep every rank's weights equal
     if divergence > 0:
         log.error("weights differ across ranks by up to %g", divergence)

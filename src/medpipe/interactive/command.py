@@ -22,8 +22,8 @@ from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, case_embeddings
 from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.models.device import pick_device
-from medpipe.models.sam import load_model
-from medpipe.models.specs import model_key, model_specs
+from medpipe.models.sam import encoder_digest, load_model
+from medpipe.models.specs import model_specs
 from medpipe.splits import split_case_ids
 from medpipe.store import DatasetStore
 from medpipe.tables import GRID
@@ -53,7 +53,8 @@ def _setup(args):
     device = pick_device(args.device)
     sam = load_model(spec, seed, device)
     predictor = BatchedPredictor(sam, device, config["interactive"]["max_objects_per_call"])
-    cache = EmbeddingCache(args.cache, spec.name, model_key(spec, seed), predictor.img_size)
+    # keyed by the encoder's weights, so a finetune run with a frozen encoder can read its base's cache
+    cache = EmbeddingCache(args.cache, spec.name, f"encoder-sha256:{encoder_digest(sam)}", predictor.img_size)
     return config, predictor, cache, DatasetStore(args.store)
 
 
