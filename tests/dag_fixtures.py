@@ -87,7 +87,7 @@ def placeholder_config(root: Path, cases_per_dataset: int = 2, study: Path = STU
                                      f"expected {cases_per_dataset}")
     sam2_models = (config.get("interactive") or {}).get("sam2") or {}
     for model in [*(config.get("models") or {}).values(), *sam2_models.values()]:
-        if model.get("checkpoint"):
+        if model.get("checkpoint") and model["checkpoint"] != "bundled":  # bundled: inside an installed package
             path = Path(model["checkpoint"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()

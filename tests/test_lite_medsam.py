@@ -209,8 +209,9 @@ def _demo_corpus(tmp_path, n_patients=3, per_patient=2):
             cases[case_id(patient, idx)] = (sample.image, sample.label)
     store = write_store(tmp_path / "xray.zarr", "xray", 2, cases, spec.classes)
     rows = ["dataset\tcase_id\tpatient_id\tmodality\tsplit\tin_full"]
-    rows += [f"xray\t{case}\t{case.split('_')[0]}\txray\t{'val' if case.startswith(f'p{n_patients - 1:03d}') else 'train'}"
-             f"\ttrue" for case in sorted(cases)]
+    last = f"p{n_patients - 1:03d}"
+    rows += [f"xray\t{case}\t{case.split('_')[0]}\txray\t{'val' if case.startswith(last) else 'train'}\ttrue"
+             for case in sorted(cases)]
     table = tmp_path / "corpus.tsv"
     table.write_text("\n".join(rows) + "\n")
     return table, store
@@ -262,3 +263,44 @@ def tiny_settings_for_lite(**overrides):
 
     return tiny_settings(model_type=LITE_MEDSAM, base="lite", checkpoint="bundled", preset="medicosam_p60",
                          **overrides)
+
+
+def _config(**sections):
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config.update(sections)
+    return config
+
+
+def test_config_check_refuses_ma_sam_on_a_lite_medsam_backbone_naming_the_key():
+    from medpipe.config import ConfigError, check_files, validate_config
+
+    models = {"lite": {"type": LITE_MEDSAM, "checkpoint": "bundled"}, "tiny": {"type": "tiny"}}
+    runs = {"ft": {"base": "lite", "preset": "medsam"}}
+    semantic = {"methods": ["sam_unetr", "ma_sam"], "backbones": ["tiny", "ft"]}
+    with pytest.raises(ConfigError, match=r"semantic\.backbones: ma_sam .* ft \(lite_medsam\)"):
+        validate_config(_config(models=models, finetune={"runs": runs}, semantic=semantic))
+    semantic["backbones"] = None  # every model and run: lite among them
+    with pytest.raises(ConfigError, match=r"semantic\.backbones \(null.*lite \(lite_medsam\)"):
+        validate_config(_config(models=models, finetune={"runs": runs}, semantic=semantic))
+    semantic.update(methods=["sam_unetr"])  # SAM-UNETR alone takes any encoder
+    config = validate_config(_config(models=models, finetune={"runs": runs}, semantic=semantic))
+    check_files(config)  # `bundled` is not a file path: nothing to find on disk
+    with pytest.raises(ConfigError, match=r"models\.tiny\.checkpoint: 'bundled' .* only lite_medsam"):
+        validate_config(_config(models={"tiny": {"type": "tiny", "checkpoint": "bundled"}},
+                                finetune={"runs": {}}, semantic={"backbones": ["tiny"]}))
+
+
+def test_runs_with_a_frozen_encoder_read_their_base_models_embeddings():
+    from medpipe.config import validate_config
+    from medpipe.models.specs import embedding_owner
+
+    runs = {"frozen": {"base": "lite", "preset": "medsam", "freeze": ["image_encoder"]},
+            "decoder_only": {"base": "lite", "preset": "medsam", "freeze": ["mask_decoder"]}}
+    config = validate_config(_config(models={"lite": {"type": LITE_MEDSAM, "checkpoint": "bundled"}},
+                                     finetune={"runs": runs}, semantic={"methods": ["nnunet"]}))
+    assert [embedding_owner(config, name) for name in ("lite", "frozen", "decoder_only")] == [
+        "lite", "lite", "decoder_only"]

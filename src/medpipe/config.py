@@ -242,6 +242,11 @@ def _references(config: dict) -> list[str]:
             problems.append(f"semantic.backbones: {backbone!r} is neither a key of models nor of finetune.runs "
                             f"({', '.join(known)})")
     problems += _ma_sam_backbones(config)
+    for name, spec in config["aggregate"]["comparisons"].items():
+        for side in ("a", "b"):
+            if side in spec and spec[side]["model"] not in known:
+                problems.append(f"aggregate.comparisons.{name}.{side}.model: {spec[side]['model']!r} is neither a key "
+                                "of models nor of finetune.runs")
     reference = config["aggregate"]["reference_model"]
     if reference is not None and reference not in known:
         problems.append(f"aggregate.reference_model: {reference!r} is neither a key of models nor of finetune.runs")

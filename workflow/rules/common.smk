@@ -61,7 +61,7 @@ EVAL_MODELS = planning.model_specs(config)  # base models, then every finetune r
 INTERACTIVE_FIGURES = ["fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d",
                        "fig7b_mask_prompts"]
 INTERACTIVE_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_noc", "interactive2d_difference",
-                      "interactive3d", "interactive3d_summary"]
+                      "interactive2d_comparisons", "interactive3d", "interactive3d_summary"]
 
 SEMANTIC = config["semantic"]
 BACKBONES = SEMANTIC["backbones"] if SEMANTIC["backbones"] is not None else list(config["models"]) + FINETUNE_RUNS

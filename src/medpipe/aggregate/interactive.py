@@ -8,7 +8,8 @@ a table row and from there to per-object rows of one case.
 Tables (``--tables``): ``interactive2d.tsv`` (all per-object rows), ``interactive2d_summary.tsv``
 (dataset means with 95% bootstrap CIs per iteration), ``interactive2d_noc.tsv`` (NoC@85/90),
 ``interactive2d_difference.tsv`` (per-dataset difference to the reference model, paired by case
-and object), ``interactive3d.tsv`` and ``interactive3d_summary.tsv``.
+and object), ``interactive2d_comparisons.tsv`` (the configured comparisons with CIs,
+:mod:`medpipe.aggregate.comparisons`), ``interactive3d.tsv`` and ``interactive3d_summary.tsv``.
 Figures (``--figures``, PNG + SVG): ``fig3a_dice_per_iteration``, ``fig3b_difference``,
 ``fig1b_interactive2d``, ``fig1c_interactive3d``, ``fig7b_mask_prompts``.
 """
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from medpipe.aggregate.comparisons import comparison_table  # noqa: E402
 from medpipe.files import atomic_path, write_tsv  # noqa: E402
 from medpipe.metrics import bootstrap_dataset_mean, noc_per_object  # noqa: E402
 from medpipe.models.specs import model_specs  # noqa: E402
@@ -239,6 +241,8 @@ def aggregate(config: dict, tables2d, tables3d, tables_dir, figures_dir) -> dict
                            tables_dir / "interactive2d_noc.tsv")
     diff = summarize_difference(rows2d, reference)
     out["difference"] = write_tsv(diff, tables_dir / "interactive2d_difference.tsv")
+    out["comparisons"] = write_tsv(comparison_table(rows2d, section["comparisons"], section["n_boot"], seed),
+                                   tables_dir / "interactive2d_comparisons.tsv")
     rows3d = (pd.concat([read_tsv(p, ["result"]) for p in tables3d], ignore_index=True) if tables3d
               else pd.DataFrame(columns=["result"]))
     out["interactive3d"] = write_tsv(rows3d, tables_dir / "interactive3d.tsv")
