@@ -11,11 +11,14 @@ generated ``SAMed2D_v1.json`` of N entries (4 masks each, names of the real form
   discovery holds);
 * **split** (ours): ``medpipe.splits.split_dataset`` on a store whose case index has N cases,
   against the **baseline** of the previous implementation: the cases as a pandas frame of Python
-  strings grouped with ``groupby`` (its algorithm, copied below);
+  strings grouped with ``groupby`` (its algorithm, copied below; for one dataset the split rules
+  of issue 13 give the same table); then twice as the workflow runs it, with a ledger: the first
+  run writes the ledger, the second reads it (missing-case check, kept assignments) and grows it;
 * **dry run**: ``snakemake -n`` of config/study.yaml with the N-entry index in the placeholder
   tree, against the same dry run with a 2-entry index.
 
-Each measurement runs in its own subprocess; its peak RSS is that process's ``ru_maxrss``. Prints
+Each measurement runs in its own subprocess; its peak RSS is that process's ``VmHWM`` (Linux;
+``ru_maxrss`` elsewhere, which on Linux also counts the parent's RSS at the spawn). Prints
 seconds and peak MiB of each, and the ratios ours/baseline.
 
     python benchmarks/corpus_index.py                         # N = 3.7M (writes a ~1.3 GB index)
@@ -41,6 +44,16 @@ SLICES_PER_VOLUME = 100  # patient groups: volumes of 100 slices
 
 
 def peak_mib() -> float:
+    """This process's peak RSS. ``ru_maxrss`` keeps the high-water mark of the memory it replaced
+    at ``exec`` (the parent's, when spawned by vfork), so small runs would report the parent's RSS;
+    ``VmHWM`` is this program's own."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -78,11 +91,12 @@ def child_discover_baseline(index: str) -> dict:
     return {"seconds": time.perf_counter() - start, "cases": len(records), "refused": 0}
 
 
-def child_split(store: str, out: str) -> dict:
+def child_split(store: str, out: str, ledger: str = "") -> dict:
     from medpipe.splits import split_dataset
 
     start = time.perf_counter()
-    counts = split_dataset(store, out, {"train": 0.9, "val": 0.1, "test": 0.0}, seed=0)
+    counts = split_dataset(store, out, {"train": 0.9, "val": 0.1, "test": 0.0}, seed=0, ledger=ledger or None,
+                           max_missing=0.1)
     return {"seconds": time.perf_counter() - start, "cases": sum(counts.values())}
 
 
@@ -205,7 +219,13 @@ def main(argv=None) -> int:
             write_store(root / "s.zarr", args.entries)
             rows["split"] = run_child("split", str(root / "s.zarr"), str(root / "split.tsv"))
             rows["split_baseline"] = run_child("split_baseline", str(root / "s.zarr"), str(root / "base.tsv"))
-            same = (root / "split.tsv").read_bytes() == (root / "base.tsv").read_bytes()
+            ledger = str(root / "ledger.tsv")
+            rows["split_ledger"] = run_child("split", str(root / "s.zarr"), str(root / "split2.tsv"), ledger)
+            rows["split_rerun"] = run_child("split", str(root / "s.zarr"), str(root / "split3.tsv"), ledger)
+            tables = [(root / name).read_bytes() for name in ("split.tsv", "base.tsv", "split2.tsv", "split3.tsv",
+                                                               "ledger.tsv")]
+            same = all(table == tables[0] for table in tables)
+            del tables
         if "dry_run" in args.steps:
             (root / "study").mkdir()
             (root / "small").mkdir()
@@ -220,15 +240,17 @@ def main(argv=None) -> int:
     print("| step | ours s | ours peak MiB | baseline s | baseline peak MiB | time ratio | memory ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for step, label in (("discover", "discovery (stream, ct_ entries)"), ("split", "split of one store"),
+                        ("split_ledger", "split, first run with a ledger"),
+                        ("split_rerun", "split, second run (ledger read and grown)"),
                         ("dry_run", "study dry run (N-entry vs 2-entry index)")):
         if step not in rows:
             continue
-        ours, base = rows[step], rows[f"{step}_baseline"]
+        ours, base = rows[step], rows["split_baseline" if step.startswith("split") else f"{step}_baseline"]
         print(f"| {label} | {ours['seconds']:.1f} | {ours['peak_mib']:.0f} | {base['seconds']:.1f} | "
               f"{base['peak_mib']:.0f} | {ours['seconds'] / base['seconds']:.2f} | "
               f"{ours['peak_mib'] / base['peak_mib']:.2f} |")
     if same is not None:
-        print(f"\nsplit tables of ours and the baseline identical: {same}")
+        print(f"\nsplit tables of ours (with and without a ledger), the baseline and the ledger identical: {same}")
     return 0
 
 

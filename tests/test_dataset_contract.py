@@ -33,8 +33,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def run(spec, name="ds"):
+    """Ingest; a dataset whose every case is refused gives an empty store (``allow_empty``: these
+    tests check the refusal reasons, the empty-dataset guard is tested in test_missing_cases.py)."""
     spec = {"modality": "ct", "ndim": 2, "classes": {1: "a"}, **spec}
-    # allow_empty: some cases here refuse every file on purpose; the store and table are what is checked
     report = ingest.ingest_dataset(name, spec, f"out/{name}.zarr", f"out/{name}.tsv", CHUNKS, allow_empty=True)
     return report, DatasetStore(f"out/{name}.zarr"), read_quarantine(f"out/{name}.tsv")
 

@@ -180,7 +180,8 @@ def test_the_corpus_ledger_only_grows_and_guards_each_dataset(tmp_path):
     corpus = {"fractions": {"train": 0.8, "val": 0.2, "test": 0.0}, "variants": {"full": {"train": 0.8, "val": 0.2}}}
     a, b = store("a", CASES[:20]), store("b", CASES[:10])
     ledger = tmp_path / "ledger.tsv"
-    first = split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger)
+    split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger)
+    first = (tmp_path / "c.tsv").read_bytes()
     store("a", CASES[:19])  # one of 20 gone: 5 %
     with pytest.raises(MissingCasesError, match="1 of the 20 cases of dataset 'a'"):
         split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.0)
@@ -191,8 +192,48 @@ def test_the_corpus_ledger_only_grows_and_guards_each_dataset(tmp_path):
         split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger, max_missing=0.1)
     store("b", CASES[:10])
     store("a", CASES[:20])
-    again = split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger)
-    pd.testing.assert_frame_equal(first, again)
+    split_corpus([a, b], [], tmp_path / "c.tsv", corpus, 0, ledger=ledger)
+    assert (tmp_path / "c.tsv").read_bytes() == first
+
+
+def test_a_frozen_table_moving_a_patient_moves_its_absent_ledger_entries_too(tmp_path, monkeypatch):
+    """``--previous`` wins over the ledger; a carried (absent) case follows its patient, so the
+    ledger never holds a patient in two splits (which would fail every later run)."""
+    monkeypatch.chdir(tmp_path)
+
+    def store(path, cases):
+        with StoreWriter(path, "ds", "ct", 2, {1: "x"}) as writer:
+            for case in cases:
+                writer.write_case(case, np.ones((4, 4)), np.ones((4, 4), np.uint8), patient_id=case.split("_")[0],
+                                  modality="ct", spacing=[1, 1])
+            return writer.publish()
+
+    cases = [f"p{p}_{c}" for p in range(10) for c in range(2)]
+    split_dataset(store(tmp_path / "a.zarr", cases), "t.tsv", FRACTIONS, 0, ledger="l.tsv")
+    before = splits_by_case("l.tsv")
+    moved = next(s for s in ("train", "val", "test") if s != before["p0_0"])
+    pd.DataFrame({"dataset": ["ds"], "case_id": ["p0_0"], "patient_id": ["p0"], "modality": ["ct"],
+                  "split": [moved]}).to_csv("frozen.tsv", sep="\t", index=False)
+    short = store(tmp_path / "b.zarr", [c for c in cases if c != "p0_1"])
+    for _ in range(2):
+        split_dataset(short, "t.tsv", FRACTIONS, 0, previous="frozen.tsv", ledger="l.tsv", max_missing=0.1)
+        assert splits_by_case("t.tsv")["p0_0"] == moved
+        ledger = splits_by_case("l.tsv")
+        assert ledger["p0_1"] == ledger["p0_0"] == moved
+        assert {c: s for c, s in ledger.items() if not c.startswith("p0_")} == {
+            c: s for c, s in before.items() if not c.startswith("p0_")}
+
+
+def test_ledgers_of_another_seed_are_not_kept_but_still_guard(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    full, short = write_store(tmp_path / "a.zarr", "ds", CASES[:10]), write_store(tmp_path / "b.zarr", "ds", CASES[:7])
+    split_dataset(full, "t.tsv", FRACTIONS, 0, ledger="l.tsv")
+    with pytest.raises(MissingCasesError, match="3 of the 10 cases"):
+        split_dataset(short, "t.tsv", FRACTIONS, 1, ledger="l.tsv", max_missing=0.1)
+    split_dataset(short, "t.tsv", FRACTIONS, 1, ledger="l.tsv", max_missing=1)
+    assert sorted(splits_by_case("l.tsv")) == CASES[:7]  # entries of seed 0 dropped, not carried
+    split_dataset(short, "t2.tsv", FRACTIONS, 1)
+    assert splits_by_case("t.tsv") == splits_by_case("t2.tsv")
 
 
 def test_a_killed_ingests_partial_store_is_removed_by_the_next_one(dataset):

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medpipe.splits import SplitError, assign_splits, fixed_from_table, select_variant, split_corpus
+from medpipe.splits import SplitError, assign_splits, fixed_from_table, read_split_table, select_variant, split_corpus
 from medpipe.store import StoreWriter
 
 
@@ -121,6 +121,14 @@ def write_held_out(path, name, modality, patients, per_patient):
     return path
 
 
+def read_corpus(path):
+    """The corpus table as written (``split_corpus`` returns only counts: the corpus has millions of rows)."""
+    table = read_split_table(path)
+    for column in [c for c in table.columns if c.startswith("in_")]:
+        table[column] = table[column] == "True"
+    return table
+
+
 CORPUS = {"fractions": {"train": 0.9, "val": 0.1, "test": 0.0},
           "variants": {"full": {"train": 0.9, "val": 0.1}, "p60": {"train": 0.5, "val": 0.1}}}
 
@@ -129,9 +137,10 @@ def test_corpus_fractions_apply_to_the_free_cases(tmp_path):
     """100 held-out evaluation cases + 1000 free ones: val is 10 % of the free cases (was 60)."""
     store = write_corpus_store(tmp_path / "d.zarr", "d", "ct", 1100, 1)
     held = write_held_out(tmp_path / "d.tsv", "d", "ct", range(100), 1)
-    table = split_corpus([store], [held], tmp_path / "corpus.tsv", CORPUS, seed=0)
-    counts = table["split"].value_counts().to_dict()
+    counts = split_corpus([store], [held], tmp_path / "corpus.tsv", CORPUS, seed=0)
     assert counts == {"train": 900, "val": 100, "test": 100}
+    table = read_corpus(tmp_path / "corpus.tsv")
+    assert table["split"].value_counts().to_dict() == counts
     assert set(table.loc[table["split"] == "test", "patient_id"]) == {f"p{p}" for p in range(100)}
     assert table["in_full"].sum() == 1000  # the full variant is every free case
     assert table.loc[table["in_p60"], "split"].value_counts().to_dict() == {"train": 500, "val": 100}
@@ -148,9 +157,117 @@ def test_the_demo_corpus_has_validation_cases(tmp_path, repo_root):
         patients, per_patient = spec["synth"]["patients"], spec["synth"]["images_per_patient"]
         stores.append(write_corpus_store(tmp_path / f"{name}.zarr", name, spec["modality"], patients, per_patient))
         held.append(write_held_out(tmp_path / f"{name}.tsv", name, spec["modality"], [0], per_patient))
-    table = split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"])
+    split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"])
+    table = read_corpus(tmp_path / "corpus.tsv")
     free = table[table["split"] != "test"]
     assert len(table) == 52 and len(free) == 39
     val = int((free["split"] == "val").sum())
     assert abs(val - 0.1 * len(free)) <= 3 and val > 0  # was 0 of 52: best.pt was never validated
     assert table.loc[table["in_full"], "split"].value_counts().to_dict() == {"train": 39 - val, "val": val}
+
+
+# ---------------------------------------------------------------- numpy path vs a plain reference
+
+
+def reference_assign(cases, fractions, seed, fixed=None, held_out=(), carry_counts=True):
+    """The split rules written plainly (dicts, one patient at a time): modalities in sorted order,
+    free patients of each in hash order, each to the split furthest below its target over all cases
+    counted so far (``carry_counts=False``: within its modality only, the rule before issue 13).
+    Held-out patients are test and outside the counts; fixed ones keep their split and count."""
+    from medpipe.splits import _rank_key
+
+    fixed = dict(fixed or {})
+    names = ("train", "val", "test")
+    group_split, counts = {}, dict.fromkeys(names, 0)
+    for modality, stratum in sorted(cases.groupby("modality"), key=lambda item: item[0]):
+        if not carry_counts:
+            counts = dict.fromkeys(names, 0)
+        free = []
+        for group, size in stratum.groupby(["dataset", "patient_id"]).size().items():
+            if group in held_out:
+                group_split[group] = "test"
+            elif group in fixed:
+                counts[fixed[group]] += int(size)
+                group_split[group] = fixed[group]
+            else:
+                free.append((_rank_key(seed, modality, *group), group, int(size)))
+        total = sum(counts.values())
+        for _, group, size in sorted(free):
+            total += size
+            choice = max(names, key=lambda n: (fractions[n] * total - counts[n], -names.index(n)))
+            counts[choice] += size
+            group_split[group] = choice
+    return [group_split[(d, p)] for d, p in zip(cases["dataset"], cases["patient_id"])]
+
+
+def reference_variant(table, variant, seed, fractions):
+    from medpipe.splits import _rank_key
+
+    chosen = pd.Series(False, index=table.index)
+    for part in ("train", "val"):
+        share = variant[part] / fractions[part] if fractions[part] > 0 else 1.0
+        for modality, stratum in table[table["split"] == part].groupby("modality"):
+            taken, groups = 0, stratum.groupby(["dataset", "patient_id"]).groups
+            for _, group in sorted((_rank_key(seed, "variant", modality, *g), g) for g in groups):
+                if taken >= share * len(stratum) - 1e-9:
+                    break
+                chosen[groups[group]] = True
+                taken += len(groups[group])
+    return chosen
+
+
+def random_cases(rng, datasets=3, modalities=("ct", "mri", "us", "xray")):
+    rows = []
+    for d in range(datasets):
+        for p in range(int(rng.integers(1, 40))):
+            modality = modalities[int(rng.integers(len(modalities)))]
+            for c in range(int(rng.integers(1, 6))):
+                rows.append((f"d{d}", f"p{p}_{c}", f"p{p}", modality))
+    cases = pd.DataFrame(rows, columns=["dataset", "case_id", "patient_id", "modality"])
+    return cases.sort_values(["dataset", "case_id"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_path_equals_the_reference_with_fixed_and_held_out_patients(seed):
+    from medpipe.splits import CaseTable, Fixed, assign_codes, variant_mask
+
+    rng = np.random.default_rng(seed)
+    cases = random_cases(rng)
+    fractions = [{"train": 0.7, "val": 0.1, "test": 0.2}, {"train": 0.9, "val": 0.1, "test": 0.0}][seed % 2]
+    groups = sorted(set(zip(cases["dataset"], cases["patient_id"])))
+    picked = rng.permutation(len(groups))
+    fixed = {groups[i]: ("train", "val", "test")[int(rng.integers(3))] for i in picked[:len(groups) // 5]}
+    held_out = {groups[i] for i in picked[len(groups) // 5:len(groups) // 3]}
+
+    table = CaseTable.from_frame(cases)
+    fixed_arrays = Fixed.from_columns([d for d, _ in fixed], [p for _, p in fixed], list(fixed.values()))
+    held_arrays = Fixed.from_columns([d for d, _ in held_out], [p for _, p in held_out], ["test"] * len(held_out))
+    codes = assign_codes(table, fractions, seed, fixed_arrays, held_arrays)
+    ours = table.frame(codes)
+    expected = reference_assign(cases, fractions, seed, fixed, held_out)
+    assert ours["split"].tolist() == expected
+
+    free = ours[[(d, p) not in held_out for d, p in zip(ours["dataset"], ours["patient_id"])]]
+    largest = int(cases.groupby(["dataset", "patient_id"]).size().max())
+    if not fixed:  # every split of the free cases within one patient group of its target
+        for name, fraction in fractions.items():
+            assert abs((free["split"] == name).sum() - fraction * len(free)) <= largest
+    for variant in ({"train": 0.9, "val": 0.1}, {"train": 0.5, "val": 0.1}, {"train": 0.2, "val": 0.05}):
+        mask = variant_mask(table, codes, variant, seed, fractions)[table.sort_order()]
+        pd.testing.assert_series_equal(pd.Series(mask), reference_variant(ours, variant, seed, fractions),
+                                       check_names=False)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_modality_keeps_the_assignment_of_the_per_modality_rule(seed):
+    """A dataset (one modality) is split exactly as before issue 13; several modalities are not."""
+    rng = np.random.default_rng(100 + seed)
+    one = random_cases(rng, datasets=2, modalities=("ct",))
+    assert assign_splits(one, FRACTIONS, seed)["split"].tolist() == reference_assign(one, FRACTIONS, seed,
+                                                                                     carry_counts=False)
+    several = make_cases({m: 3 for m in ("ct", "mri", "xray", "us", "derm")}, cases_per_patient=3)
+    several = several.sort_values(["dataset", "case_id"]).reset_index(drop=True)
+    fractions = {"train": 0.9, "val": 0.1, "test": 0.0}
+    new = assign_splits(several, fractions, seed)["split"].tolist()
+    assert new == reference_assign(several, fractions, seed)
+    assert new != reference_assign(several, fractions, seed, carry_counts=False)
