@@ -35,6 +35,7 @@ class FrozenEncoder:
         self.folder = Path(folder) / digest[:16] if folder is not None and max_bytes > 0 else None
         self.max_bytes = float(max_bytes)
         self.hits = self.misses = 0
+        self.full = False  # the folder reached max_bytes: new embeddings are no longer stored
         self._used = None
 
     def _entry(self, image: torch.Tensor) -> Path:
@@ -47,6 +48,7 @@ class FrozenEncoder:
         if self._used is None:  # counted once per process; other writers may add to it meanwhile
             self._used = sum(p.stat().st_size for p in self.folder.rglob("*.npy")) if self.folder.exists() else 0
         if self._used + size > self.max_bytes:
+            self.full = True
             return False
         self._used += size
         return True

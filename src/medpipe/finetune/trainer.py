@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,6 +423,25 @@ def attach_frozen_encoder(run: Run, cache_dir=None, cache_bytes: float = 0) -> N
                                        cache_bytes if keep else 0)
 
 
+def warm_frozen_encoder(run: Run) -> None:
+    """Before training: encode every image this run (this rank) will train and validate on, unless
+    the cache holds it, in an order of the run's own (seeded by its name). Runs on the same frozen
+    encoder that start side by side then fill the cache from different ends and each encodes about
+    its share, instead of both encoding the same image at the same time; nothing else changes (the
+    training reads the same entries either way)."""
+    settings, ctx = run.settings, run.ctx
+    batches = IterationBatches(run.start, settings.iterations, settings.batch_size, ctx.rank, ctx.world_size)
+    wanted = [(run.train_ds, p) for batch in batches for p in batch]
+    if run.val_ds is not None and ctx.is_main:
+        wanted += [(run.val_ds, p) for p in range(settings.val_batches * settings.batch_size)]
+    order = np.random.default_rng([run.seed, zlib.crc32(settings.run.encode())]).permutation(len(wanted))
+    for index in tqdm(order, desc=f"{settings.run}: embeddings", disable=not ctx.is_main or len(order) < 20):
+        if run.frozen_encoder.full:  # no room left: training encodes the rest as it meets them
+            break
+        dataset, position = wanted[index]
+        run.frozen_encoder(dataset[position]["image"][None].to(ctx.device))
+
+
 def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
           die_after: int | None = None, embedding_cache=None, embedding_cache_bytes: float = 0) -> dict:
     """Run (or continue) one finetune run; returns the summary written to ``training.json``.
@@ -440,6 +460,8 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     D.broadcast_parameters(run.model, ctx)
     set_modes(run.model, run.settings.freeze)  # after every weight change (TinyViT's eval-mode caches)
     attach_frozen_encoder(run, embedding_cache, embedding_cache_bytes)
+    if run.frozen_encoder is not None and run.frozen_encoder.folder is not None:
+        warm_frozen_encoder(run)
     settings = run.settings
     metrics = MetricsLog(run.out_dir, run.start, ctx.is_main, model_label(settings))
     preemption = PreemptionFlag()
