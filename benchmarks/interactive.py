@@ -16,6 +16,8 @@ against (a)'s.
     python benchmarks/interactive.py --model-type vit_b --images 1 --volumes 1 \
         --volume-shape 6 48 48 --baseline-points 2                                   # ViT-b, CPU
     python benchmarks/interactive.py --model-type vit_b --device cuda                # ViT-b, GPU
+    python benchmarks/interactive.py --model-type lite_medsam --threads 1 --volumes 1 \
+        --volume-shape 12 64 64 --baseline-points 3                                  # LiteMedSAM (bundled), CPU
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def bench_3d(sam, device, n_volumes, grid_points, shape, baseline_points):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-type", default="tiny")
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights (a file or `bundled`); default: random, bundled for lite_medsam")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--images", type=int, default=4)
@@ -175,12 +179,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sam = load_model(ModelSpec(args.model_type, args.model_type, None), seed=0, device=args.device)
+    checkpoint = args.checkpoint or ("bundled" if args.model_type == "lite_medsam" else None)
+    sam = load_model(ModelSpec(args.model_type, args.model_type, checkpoint), seed=0, device=args.device)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "model_type": args.model_type,
+        "checkpoint": checkpoint,
         "2d": bench_2d(sam, args.device, args.images, args.iterations, args.size),
         "3d": bench_3d(sam, args.device, args.volumes, args.grid_points, tuple(args.volume_shape),
                        args.baseline_points),
