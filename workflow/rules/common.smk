@@ -81,10 +81,18 @@ def one_of(names):
 
 # Jobs call the `medpipe` command of the Python that runs Snakemake, even in an unactivated venv.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# glibc malloc: serve allocations below 32 MB from the heap and keep up to 1 GB of freed heap, instead
+# of a fresh mmap (page faults, zeroing) for every large temporary tensor of the mask decoder: on CPU
+# that halves the jobs' system time (docs/benchmarks.md); results do not depend on it. A value set in
+# the environment wins.
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
 
 
 envvars:
     "PATH",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
 
 
 wildcard_constraints:
