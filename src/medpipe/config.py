@@ -71,8 +71,14 @@ def validate_config(config: dict, source: str = "config") -> dict:
     if errors:
         lines = [f"{source}: {_key_path(e)}: {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    for dataset in config["datasets"].values():
+    for name, dataset in config["datasets"].items():
         dataset["classes"] = {int(k): v for k, v in dataset["classes"].items()}
+        names = set(dataset["classes"].values())
+        for key, listed in dataset.get("interactive3d", {}).items():
+            unknown = sorted(set(listed) - names)
+            if unknown:
+                raise ConfigError(f"{source}: datasets.{name}.interactive3d.{key}: {unknown} are not class names "
+                                  f"of the dataset ({sorted(names)})")
     return config
 
 
