@@ -1,6 +1,6 @@
 """Interactive evaluation speed: embedding reuse against the reference code's recomputation.
 
-2D: the full iterative protocol (point start, ``--iterations`` corrections, mask prompts off) on
+2D: the full iterative protocol (point start, ``--iterations`` predictions in all, mask prompts off) on
 generated images, (a) with one encoder pass per image (this pipeline), (b) recomputing the image
 embedding before every decoder step (the reference code's behaviour), and (c) one bare encoder
 pass per image (the floor). Goals: (b)/(a) >= 5 and (a)/(c) <= 1.2.
@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from medpipe import prompts  # noqa: E402
-from medpipe.interactive import eval2d, grid, propagate3d  # noqa: E402
-from medpipe.interactive.objects import connected_objects, start_slice  # noqa: E402
-from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices  # noqa: E402
+from medpipe.interactive import eval2d, grid, preprocess, propagate3d  # noqa: E402
+from medpipe.interactive.objects import connected_objects, objects_3d, start_slice  # noqa: E402
+from medpipe.interactive.predictor import BatchedPredictor  # noqa: E402
 from medpipe.metrics import dice  # noqa: E402
 from medpipe.models.sam import load_model  # noqa: E402
 from medpipe.models.specs import ModelSpec  # noqa: E402
@@ -64,7 +64,7 @@ def sync(device):
 
 def bench_2d(sam, device, n_images, iterations, size):
     images = [image_2d(i, size) for i in range(n_images)]
-    slices = [image_to_uint8_slices(img, 2)[0] for img, _ in images]
+    slices = [preprocess.image_2d(img, "aspect") for img, _ in images]
     objects = [connected_objects(label, {1: "a", 2: "b"}) for _, label in images]
     pred = BatchedPredictor(sam, device)
     rec = RecomputingPredictor(sam, device, slices)
@@ -80,13 +80,13 @@ def bench_2d(sam, device, n_images, iterations, size):
     for i, s in enumerate(slices):
         emb = pred.encode(s[None])[0]
         reuse_scores.append(eval2d.evaluate_objects(pred, emb, s.shape[:2], objects[i], "point", "off", iterations,
-                                                    np.random.default_rng(i)))
+                                                    np.random.default_rng(i))[0])
     sync(device)
     t_reuse = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i, s in enumerate(slices):
         scores = eval2d.evaluate_objects(rec, np.full(1, i), s.shape[:2], objects[i], "point", "off", iterations,
-                                         np.random.default_rng(i))
+                                         np.random.default_rng(i))[0]
         if not np.allclose(scores, reuse_scores[i], atol=1e-6):
             raise AssertionError(f"image {i}: Dice with re-encoding differs from Dice with the reused embedding")
     sync(device)
@@ -109,12 +109,12 @@ def reference_grid_point(pred, slices, label, classes, point):
     emb = pred.encode(slices)
     size = label.shape[1:]
     scores = []
-    for obj in connected_objects(label, classes):
+    for obj in objects_3d(label, classes):
         z = start_slice(obj.mask)
         if z is None:
             continue
         first_prompt = {"points": None, "labels": None, "box": prompts.tight_bbox(obj.mask[z]), "use_mask": False}
-        first = propagate3d.predict_slice(pred, emb[z], size, first_prompt)
+        first = propagate3d.start_mask(pred, emb[z], size, first_prompt)
         scores.append(dice(propagate3d.propagate(pred, emb, size, first, z, point), obj.mask))
     return scores
 
@@ -130,11 +130,11 @@ def bench_3d(sam, device, n_volumes, grid_points, shape, baseline_points):
     classes = {1: "ball", 2: "box"}
     points = paper_grid()[:grid_points] if grid_points else paper_grid()
     pred = BatchedPredictor(sam, device)
-    pred.encode(image_to_uint8_slices(volumes[0][0], 3)[:1])  # warm-up
+    pred.encode(preprocess.volume(volumes[0][0], "reference")[:1])  # warm-up
     t0 = time.perf_counter()
     reuse_rows = []
     for i, (image, label) in enumerate(volumes):
-        emb = pred.encode(image_to_uint8_slices(image, 3))
+        emb = pred.encode(preprocess.volume(image, "reference"))
         reuse_rows += grid.evaluate_volume(pred, emb, label.shape[1:], label, classes, points, ["box"], [0],
                                            {"case": f"v{i}"})
     sync(device)
@@ -143,7 +143,7 @@ def bench_3d(sam, device, n_volumes, grid_points, shape, baseline_points):
     sample = [points[int(i)] for i in np.linspace(0, len(points) - 1, n_base).round()]
     t0 = time.perf_counter()
     for i, (image, label) in enumerate(volumes):
-        slices = image_to_uint8_slices(image, 3)
+        slices = preprocess.volume(image, "reference")
         for point in sample:
             reference = reference_grid_point(pred, slices, label, classes, point)
             ours = [r["dice"] for r in reuse_rows if r["case"] == f"v{i}" and r["projection"] == point.projection

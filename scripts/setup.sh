@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp=.venv/.setup-stamp
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml tests/requirements-microsam.txt | sha256sum | cut -d' ' -f1)
 
 if [ ! -x .venv/bin/python ]; then
     echo "medpipe setup: creating .venv with $("$PYTHON" --version)"
@@ -27,6 +27,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
                'sam2>=1.1,<2'; } >> .venv/setup.log 2>&1; then
         tail -n 40 .venv/setup.log
         echo "medpipe setup: installing sam2 failed; full log in .venv/setup.log" >&2
+        exit 1
+    fi
+    # micro-sam for the cross-check tests and the compatibility table, without its dependencies: they
+    # would replace our segment_anything (tests/requirements-microsam.txt says why).
+    if ! .venv/bin/python -m pip install --disable-pip-version-check --no-deps -r tests/requirements-microsam.txt \
+            >> .venv/setup.log 2>&1; then
+        tail -n 40 .venv/setup.log
+        echo "medpipe setup: installing micro-sam failed; full log in .venv/setup.log" >&2
         exit 1
     fi
     echo "$want" > "$stamp"

@@ -10,17 +10,26 @@ from medpipe.interactive.grid import ORACLE_LABEL, SELECTED_LABEL
 from medpipe.metrics import bootstrap_dataset_mean, hierarchical_mean
 
 
-def rows_2d(model, offset):
-    """Two cases; case a has two class-1 objects, case b one class-1 and one class-2 object."""
+def rows_2d(model, offset, objects=True):
+    """Two cases; case a has two class-1 objects, case b one class-1 and one class-2 object.
+
+    ``objects``: the per-object table; otherwise the union table (one row per case, class, iteration),
+    whose class-1 value of case a is not the mean of its objects' (0.65, not 0.6, at iteration 0).
+    """
     rows = []
-    objects = [("a", 1, 0, [0.5, 0.9]), ("a", 1, 1, [0.7, 0.8]), ("b", 1, 0, [0.3, 0.95]), ("b", 2, 0, [0.6, 0.6])]
-    for case, class_id, obj, dices in objects:
+    if objects:
+        entries = [("a", 1, 0, [0.5, 0.9]), ("a", 1, 1, [0.7, 0.8]), ("b", 1, 0, [0.3, 0.95]), ("b", 2, 0, [0.6, 0.6])]
+    else:
+        entries = [("a", 1, None, [0.65, 0.85]), ("b", 1, None, [0.3, 0.95]), ("b", 2, None, [0.6, 0.6])]
+    for case, class_id, obj, dices in entries:
         for start in ("point", "box"):
             for masks in ("off", "on"):
                 for iteration, d in enumerate(dices):
-                    rows.append({"dataset": "d", "case": case, "class_id": class_id, "class": f"k{class_id}",
-                                 "object": obj, "start": start, "masks": masks, "iteration": iteration,
-                                 "dice": d + offset, "seed": 0, "model": model})
+                    row = {"dataset": "d", "case": case, "class_id": class_id, "class": f"k{class_id}",
+                           "start": start, "masks": masks, "iteration": iteration,
+                           "dice": d + offset, "seed": 0, "model": model}
+                    row.update({"object": obj} if objects else {"n_objects": 2 if case == "a" else 1})
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -34,11 +43,12 @@ def test_hierarchical_mean_weights_cases_then_classes():
 
 
 def test_aggregate_writes_traceable_tables_and_figures(tmp_path):
-    sam, ft = rows_2d("sam", 0.0), rows_2d("ft", 0.04)
-    paths = []
-    for name, frame in (("sam", sam), ("ft", ft)):
+    paths, object_paths = [], []
+    for name, offset in (("sam", 0.0), ("ft", 0.04)):
         paths.append(tmp_path / f"{name}.tsv")
-        frame.to_csv(paths[-1], sep="\t", index=False)
+        rows_2d(name, offset, objects=False).to_csv(paths[-1], sep="\t", index=False)
+        object_paths.append(tmp_path / f"{name}.objects.tsv")
+        rows_2d(name, offset).to_csv(object_paths[-1], sep="\t", index=False)
     rows3d = []
     for model in ("sam", "ft"):
         for result, dice in ((SELECTED_LABEL, 0.5), (ORACLE_LABEL, 0.6)):
@@ -51,12 +61,18 @@ def test_aggregate_writes_traceable_tables_and_figures(tmp_path):
     config = validate_config({"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y",
                                                  "classes": {1: "a"}}},
                               "models": {"sam": {"type": "tiny"}, "ft": {"type": "tiny"}}, "aggregate": {"n_boot": 50}})
-    out = agg.aggregate(config, paths, [path3d], tmp_path / "tables", tmp_path / "figures")
+    out = agg.aggregate(config, paths, object_paths, [path3d], tmp_path / "tables", tmp_path / "figures")
 
     summary = pd.read_csv(out["summary2d"], sep="\t")
+    # the paper's number is the union Dice: class 1 (0.65 + 0.3) / 2, class 2 0.6 -> 0.5375 (the mean of
+    # the per-object Dice would give 0.525)
+    initial = summary[(summary["model"] == "sam") & (summary["iteration"] == 0) & (summary["start"] == "box")
+                      & (summary["masks"] == "off")]
+    assert initial["dice"].item() == pytest.approx(0.5375)
+    assert len(pd.read_csv(out["objects2d"], sep="\t")) == 2 * 4 * 2 * 2 * 2
     final = summary[(summary["model"] == "ft") & (summary["iteration"] == 1) & (summary["start"] == "box")
                     & (summary["masks"] == "on")]
-    # class 1: a (0.9 + 0.8) / 2 = 0.85, b 0.95 -> 0.9; class 2: 0.6 -> 0.75, + 0.04 offset
+    # class 1: a 0.85, b 0.95 -> 0.9; class 2: 0.6 -> 0.75, + 0.04 offset
     assert final["dice"].item() == pytest.approx(0.79)
     noc = pd.read_csv(out["noc"], sep="\t")
     sam_noc = noc[(noc["model"] == "sam") & (noc["start"] == "point") & (noc["masks"] == "off")]

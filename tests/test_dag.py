@@ -19,7 +19,7 @@ PROFILES = REPO_ROOT / "profiles"
 A100 = PROFILES / "slurm-a100" / "config.yaml"
 TEST_PROFILE = REPO_ROOT / "tests" / "slurm" / "profile" / "config.yaml"
 
-# SPEC 3.7; `micro_usp` of the semantic 3D list is the same data as `microusp`
+# the paper's dataset lists; `micro_usp` of the semantic 3D list is the same data as `microusp`
 PAPER_DATASETS = {
     # papila as two entries: its disc and cup overlap, and the paper evaluated them separately
     "interactive2d": {"camus", "uwaterloo_skin", "montgomery", "sega", "duke_liver", "piccolo", "cbis_ddsm", "dca1",

@@ -10,6 +10,7 @@ from segment_anything import sam_model_registry
 
 from medpipe import export as E
 from medpipe.cli import main
+from medpipe.export.compat import check_micro_sam
 from medpipe.finetune.trainer import FinetuneModel
 from medpipe.models.sam import build_sam
 from medpipe.models.sem_decoder import decoder_for, load_decoder
@@ -56,7 +57,11 @@ def test_export_tiny_ddp_checkpoint_with_decoder(tmp_path):
         assert torch.equal(a, b)
     result = E.check_compat(out, "tiny")
     assert result["compatible"] and result["libraries"][0]["predicts"]
-    assert result["libraries"][1]["library"] == "micro_sam"
+    micro = result["libraries"][1]
+    assert micro["library"] == "micro_sam" and not micro["loads_strict"]
+    # the row says precisely why micro-sam cannot take it (it builds vit_b/l/h by encoder width)
+    assert micro["status"] == ("cannot load: micro-sam's get_sam_model builds only vit_b/vit_l/vit_h, chosen by the "
+                               "image encoder width (768/1024/1280); this tiny checkpoint's is 64")
 
 
 def test_random_vit_b_export_loads_strictly_in_segment_anything(tmp_path):
@@ -81,6 +86,29 @@ def test_random_vit_b_export_loads_strictly_in_segment_anything(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
     result = E.check_compat(out, "vit_b", predict=False)
     assert result["compatible"] and result["libraries"][0]["loads_strict"]
+
+
+@pytest.mark.slow
+def test_random_vit_b_export_loads_and_predicts_in_micro_sam(tmp_path):
+    """micro-sam for real: get_sam_model (strict) on the exported file, then one batched_inference call
+    (the ViT-b encoder at 1024 px: ~30 s on one CPU thread)."""
+    pytest.importorskip("micro_sam")
+    torch.manual_seed(0)
+    ckpt = _training_ckpt(tmp_path / "best.pt", FinetuneModel(sam_model_registry["vit_b"]()), model_type="vit_b")
+    out = tmp_path / "vit_b_export.pth"
+    E.export(ckpt, out)
+    result = check_micro_sam(out, "vit_b")
+    assert result["loads_strict"] and result["predicts"] and result["status"] == "ok", result
+    assert result["version"] == "1.8.14"
+
+
+def test_micro_sam_row_when_it_is_not_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "micro_sam" else real(name, *a))
+    result = check_micro_sam(tmp_path / "any.pth", "vit_b")
+    assert not result["loads_strict"] and result["status"].startswith("not installed")
 
 
 def test_export_errors_name_the_file(tmp_path):

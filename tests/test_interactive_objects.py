@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medpipe import prompts
 from medpipe.interactive import objects
@@ -21,13 +22,34 @@ def test_components_per_class_with_20px_filter():
         objects.connected_objects(label, {1: "a"})
 
 
-def test_centre_point_is_distance_transform_maximum():
-    mask = np.zeros((20, 30), bool)
-    mask[2:18, 2:10] = True  # thin bar: centre column 5 or 6
-    mask[5:16, 12:28] = True  # 11 x 16 block: the deepest point lies in it
-    x, y = prompts.center_point(mask)
-    assert 12 + 5 <= x <= 28 - 6 and 5 + 5 <= y <= 16 - 6
-    assert (x, y) == (17, 10)  # first maximum in row-major order
+def test_a_one_pixel_diagonal_vessel_stays_one_object():
+    """8-connected components (the reference's skimage default): a 4-connected labelling would cut this
+    1-px diagonal line into single pixels, all below the 20 px filter, and the vessel would vanish."""
+    label = np.zeros((300, 300), np.uint8)
+    for i in range(259):
+        label[20 + i, 10 + i] = 1
+    found = objects.connected_objects(label, {1: "vessel"})
+    assert len(found) == 1 and int(found[0].mask.sum()) == 259
+    blobs = np.zeros((10, 10), np.uint8)
+    blobs[0:5, 0:5] = 1
+    blobs[5:10, 5:10] = 1  # touches the first block at one corner only: one 8-connected object of 50 px
+    assert [int(o.mask.sum()) for o in objects.connected_objects(blobs, {1: "a"})] == [50]
+
+
+def test_centre_point_is_farthest_from_the_inner_boundary():
+    """micro-sam's centre: the maximum distance to the object's inner boundary (not to the background)."""
+    mask = np.zeros((12, 12), bool)
+    mask[1:6, 1:8] = True
+    mask[1:10, 1:6] = True  # an L: rows 1-5 x cols 1-7 plus rows 6-9 x cols 1-5
+    # (3, 3) is 2 px from the boundary rows/cols 1; (4, 4) is 3 px from them and sqrt(5) px from the boundary
+    # pixels (6, 5) and (5, 6) of the inner corner: the maximum. (The distance to the background would
+    # pick (3, 3) at 3 px.)
+    assert prompts.center_point(mask).tolist() == [4, 4]
+    two = np.zeros((12, 24), int)
+    two[:, :12] = mask
+    two[:, 12:] = mask * 2
+    centres = prompts.center_points(two)
+    assert centres[1].tolist() == [4, 4] and centres[2].tolist() == [16, 4]
 
 
 def test_start_slice_is_middle_of_z_extent_and_skips_small():
@@ -43,21 +65,64 @@ def test_start_slice_is_middle_of_z_extent_and_skips_small():
     assert objects.start_slice(vol3) is None
 
 
-def test_ring_negative_lies_in_ring_and_positive_inside():
-    mask = np.zeros((60, 60), bool)
-    mask[25:35, 25:35] = True
-    ring = objects.ring(mask, width=10)
-    assert not (ring & mask).any()
-    assert ring[15, 30] and ring[30, 44] and not ring[14, 30] and not ring[30, 45]
+def test_point_start_negative_is_more_than_10_px_away_inside_the_grown_bbox():
+    """micro-sam PointAndBoxPromptGenerator(dilation_strength=10): bbox + 10 px minus the object dilated
+    10 times with a 3x3 square, i.e. Chebyshev distance > 10; everything else of the slice as fallback."""
+    mask = np.zeros((80, 80), bool)
+    mask[30:50, 30:34] = True
+    mask[46:50, 30:50] = True  # an L: the grown bbox's far corner is > 10 px from every object pixel
+    chebyshev = ndimage.distance_transform_cdt(~mask, metric="chessboard")
+    region = objects.negative_region(mask)
+    assert region.any() and (chebyshev[region] > 10).all()
+    rows, cols = np.nonzero(region)
+    assert rows.min() >= 20 and rows.max() < 60 and cols.min() >= 20 and cols.max() < 60  # bbox (30..50) + 10
+    expected = np.zeros_like(mask)
+    expected[20:60, 20:60] = True
+    assert np.array_equal(region, expected & (chebyshev > 10))
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        coords, labels = objects.ring_point_prompt(mask, rng)
+    for _ in range(30):
+        coords, labels = objects.point_start_prompt(mask, rng)
         (px, py), (nx, ny) = coords
-        assert labels.tolist() == [1, 0]
-        assert mask[py, px] and ring[ny, nx]
-    full = np.ones((8, 8), bool)
-    coords, labels = objects.ring_point_prompt(full, rng)
+        assert labels.tolist() == [1, 0] and mask[py, px] and region[ny, nx]
+    # a rectangle's grown bbox is exactly its 10x dilation: no candidate, any background pixel instead
+    square = np.zeros((60, 60), bool)
+    square[25:35, 25:35] = True
+    assert not objects.negative_region(square).any()
+    negatives = np.array([objects.point_start_prompt(square, rng)[0][1] for _ in range(200)])
+    assert not square[negatives[:, 1], negatives[:, 0]].any()
+    assert (np.abs(negatives - 30).max(axis=1) > 15).any()  # also far outside the grown bbox
+    coords, labels = objects.point_start_prompt(np.ones((8, 8), bool), rng)
     assert labels.tolist() == [1, -1]
+
+
+def test_first_component_of_the_start_slice_prediction():
+    mask = np.zeros((10, 10), bool)
+    mask[6:9, 6:9] = True
+    mask[1:3, 1:3] = True  # the first pixel in raster order is here
+    mask[3, 3] = True  # touches (2, 2) diagonally
+    eight = objects.first_component(mask)
+    assert eight.sum() == 5 and eight[3, 3] and not eight[7, 7]
+    four = objects.first_component(mask, connectivity=1)
+    assert four.sum() == 4 and not four[3, 3]
+    assert not objects.first_component(np.zeros((4, 4), bool)).any()
+
+
+def test_3d_objects_are_label_ids_unless_a_class_is_split_into_components():
+    label = np.zeros((6, 20, 20), np.uint8)
+    label[1:3, 2:6, 2:6] = 1
+    label[3:5, 12:16, 12:16] = 1  # a second, separate piece of class 1
+    label[1:4, 10:12, 2:4] = 2
+    label[4, 12, 4] = 2  # touches (3, 11, 3) only through a corner: 26-connected
+    classes = {1: "kidney", 2: "tumor"}
+    default = objects.objects_3d(label, classes)
+    assert [(o.class_name, o.index, int(o.mask.sum())) for o in default] == [("kidney", 0, 64), ("tumor", 0, 13)]
+    split = objects.objects_3d(label, classes, components=("kidney", "tumor"))
+    assert [(o.class_name, o.index, int(o.mask.sum())) for o in split] == [
+        ("kidney", 0, 32), ("kidney", 1, 32), ("tumor", 0, 13)]
+    only = objects.objects_3d(label, classes, evaluated=("tumor",), components=("tumor",))
+    assert [(o.class_name, int(o.mask.sum())) for o in only] == [("tumor", 13)]
+    with pytest.raises(ValueError, match="not class names"):
+        objects.objects_3d(label, classes, components=("liver",))
 
 
 def test_correction_points_come_from_error_regions():

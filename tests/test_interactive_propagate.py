@@ -23,13 +23,21 @@ def test_box_extension_grows_each_side_by_fraction_of_side():
     assert propagate3d.extended_box(mask, 0.1).tolist() == [6, 8, 30, 32]  # round(0.1 * 20) = 2 px
     assert propagate3d.extended_box(mask, 0.5).tolist() == [0, 0, 38, 40]  # clipped to the image
     assert propagate3d.extended_box(mask, 3).tolist() == [5, 7, 31, 33]  # >= 1: fixed pixels
+    # micro-sam grows by the float and rounds afterwards (half to even): 0.1 x 15 = 1.5 px per side
+    narrow = square(x0=8, x1=23)  # cols 8..22: 15 wide
+    assert propagate3d.extended_box(narrow, 0.1).tolist() == [6, 8, 24, 32]  # 6.5 -> 6, 24.5 -> 24
 
 
 def test_prompts_of_each_projection_mode():
     mask = square()
+    # single_point: the maximum of the smoothed distance to the outer boundary inside the extended box.
+    # With extension 0 a rectangle fills its crop, the crop holds no boundary, and the distance grows
+    # from the crop's corner (scipy and bioimage-cpp alike): the reference picks the far corner.
     single = propagate3d.projection_prompts(mask, "single_point", 0.0)
-    assert single["points"].tolist() == [[17, 19]] and single["labels"].tolist() == [1]
+    assert single["points"].tolist() == [[27, 29]] and single["labels"].tolist() == [1]
     assert single["box"] is None and not single["use_mask"]
+    centred = propagate3d.projection_prompts(mask, "single_point", 0.25)["points"]
+    assert np.abs(centred - np.array([17.5, 19.5])).max() <= 1  # with background in the crop: the centre
 
     box = propagate3d.projection_prompts(mask, "box", 0.1)
     assert box["points"] is None and box["box"].tolist() == [6, 8, 30, 32] and not box["use_mask"]
@@ -61,7 +69,7 @@ class SliceOracle:
         self.masks = masks
         self.calls = []
 
-    def mask_logits_from_binary(self, masks):
+    def mask_logits_from_binary(self, masks, rules="paper"):
         return torch.zeros((len(masks), 1, 4, 4))
 
     def predict(self, embedding, original_size, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
@@ -88,20 +96,32 @@ def test_iou_stop_and_volume_ends():
     assert strict.any(axis=(1, 2)).tolist() == [False, False, True, True, True, True, True, False, False]
 
 
-def test_empty_previous_mask_stops_propagation():
+def test_after_an_empty_mask_the_walk_goes_on_only_at_threshold_zero():
+    """micro-sam's IoU is intersection / (union + 1e-7): 0 after an empty mask, so any threshold > 0 stops
+    there; at 0 the reference keeps prompting (from nothing) and keeps what SAM predicts."""
     masks = np.stack([square() for _ in range(5)])
     masks[3] = False
     oracle = SliceOracle(masks)
     out = propagate3d.propagate(oracle, np.arange(5.0)[:, None], (40, 40), masks[2], 2,
                                 propagate3d.GridPoint(0.0, "box", 0.0))
-    # threshold 0 accepts the empty slice 3, after which nothing can be prompted
+    assert out.any(axis=(1, 2)).tolist() == [True, True, True, False, True]
+    assert [c[0] for c in oracle.calls] == [1, 0, 3, 4]
+    assert oracle.calls[-1][1] is None  # slice 4 was prompted without a box: the previous mask was empty
+    strict = SliceOracle(masks)
+    out = propagate3d.propagate(strict, np.arange(5.0)[:, None], (40, 40), masks[2], 2,
+                                propagate3d.GridPoint(0.5, "box", 0.0))
     assert out.any(axis=(1, 2)).tolist() == [True, True, True, False, False]
-    assert [c[0] for c in oracle.calls] == [1, 0, 3]
-
+    assert [c[0] for c in strict.calls] == [1, 0, 3]
+    # an IoU of exactly the threshold stops the walk, as micro-sam's 1e-7 makes it slightly smaller
+    half = np.stack([square() for _ in range(3)])
+    half[2] = square(x0=8, x1=18)  # IoU with the full square: 200 / 400 = 0.5
+    out = propagate3d.propagate(SliceOracle(half), np.arange(3.0)[:, None], (40, 40), half[1], 1,
+                                propagate3d.GridPoint(0.5, "box", 0.0))
+    assert out.any(axis=(1, 2)).tolist() == [True, True, False]
 
 
 def test_whole_grid_shares_walks_and_equals_each_point_alone():
-    """Hand-built: thresholds share one walk; single_point ignores the extension; results = per point."""
+    """Hand-built: thresholds share one walk (per projection and extension); results = each point alone."""
     z_count = 9
     target = np.stack([square() for _ in range(z_count)])
     masks = target.copy()
@@ -111,8 +131,9 @@ def test_whole_grid_shares_walks_and_equals_each_point_alone():
     points = grid.make_grid([0.5, 0.7, 0.9], ["box", "single_point"], [0.0, 0.1])
     shared = SliceOracle(masks)
     scores = propagate3d.score_grid(shared, embeddings, (40, 40), masks[4], 4, points, target)
-    # 3 distinct walks (box/0.0, box/0.1, single_point) of 7 decoder calls each, not 12 points x 7
-    assert len(shared.calls) == 3 * 7
+    # 4 distinct walks (box and single_point, each at extension 0.0 and 0.1; single_point's crop depends
+    # on the extension) of 7 decoder calls each, not 12 points x 7
+    assert len(shared.calls) == 4 * 7
     for point, (score, n_slices) in zip(points, scores):
         alone = propagate3d.propagate(SliceOracle(masks), embeddings, (40, 40), masks[4], 4, point)
         assert score == pytest.approx(dice(alone, target)) and n_slices == int(alone.any(axis=(1, 2)).sum())
@@ -123,10 +144,12 @@ def test_whole_grid_shares_walks_and_equals_each_point_alone():
     assert scores[-1] == (pytest.approx(2 * 2000 / (2000 + 3600)), 5)
 
 
-def test_whole_grid_with_a_real_sam_equals_each_point_alone():
+@pytest.mark.parametrize("rules", ["paper", "v1.8"])
+def test_whole_grid_with_a_real_sam_equals_each_point_alone(rules):
     """The shared walks of a tiny random SAM give exactly the reference per-point propagation."""
-    from medpipe.interactive.objects import connected_objects, start_slice
-    from medpipe.interactive.predictor import BatchedPredictor, image_to_uint8_slices
+    from medpipe.interactive.objects import objects_3d, start_slice
+    from medpipe.interactive.predictor import BatchedPredictor
+    from medpipe.interactive.preprocess import volume
     from medpipe.models.sam import load_model
     from medpipe.models.specs import ModelSpec
 
@@ -134,18 +157,18 @@ def test_whole_grid_with_a_real_sam_equals_each_point_alone():
 
     image, label = volume_3d(3, (8, 48, 48))
     predictor = BatchedPredictor(load_model(ModelSpec("tiny", "tiny", None), seed=0, device="cpu"))
-    embeddings = predictor.encode(image_to_uint8_slices(image, 3))
+    embeddings = predictor.encode(volume(image, "reference"))
     points = grid.make_grid([0.5, 0.7, 0.9], list(propagate3d.PROJECTIONS), [0.0, 0.1])
     checked = 0
-    for obj in connected_objects(label, {1: "ball", 2: "box"}, 20):
+    for obj in objects_3d(label, {1: "ball", 2: "box"}):
         z = start_slice(obj.mask)
         if z is None:
             continue
         first = predictor.predict(embeddings[z], (48, 48),
                                   boxes=propagate3d.prompts.tight_bbox(obj.mask[z])[None]).masks[0]
-        scores = propagate3d.score_grid(predictor, embeddings, (48, 48), first, z, points, obj.mask)
+        scores = propagate3d.score_grid(predictor, embeddings, (48, 48), first, z, points, obj.mask, rules)
         for point, (score, n_slices) in zip(points, scores):
-            alone = propagate3d.propagate(predictor, embeddings, (48, 48), first, z, point)
+            alone = propagate3d.propagate(predictor, embeddings, (48, 48), first, z, point, rules)
             assert score == dice(alone, obj.mask), point
             assert n_slices == int(alone.any(axis=(1, 2)).sum()), point
         checked += 1

@@ -7,7 +7,7 @@ import yaml
 
 from medpipe.cli import main
 from medpipe.interactive import sam2_baseline
-from medpipe.interactive.objects import connected_objects, start_slice
+from medpipe.interactive.objects import objects_3d, start_slice
 
 from interactive_fixtures import volume_3d, write_splits, write_store
 
@@ -66,7 +66,7 @@ def test_random_tiny_sam2_runs_the_protocol_on_test_volumes(tmp_path):
                  "--store", str(tmp_path / "d3.zarr"), "--splits", str(tmp_path / "d3.tsv"), "--device", "cpu",
                  "--out", str(tmp_path / "sam2.tsv")]) == 0
     table = pd.read_csv(tmp_path / "sam2.tsv", sep="\t")
-    objects = [o for o in connected_objects(label, {1: "ball"}) if start_slice(o.mask) is not None]
+    objects = [o for o in objects_3d(label, {1: "ball"}) if start_slice(o.mask) is not None]
     assert len(table) == len(objects) > 0
     assert sorted(table["z_start"]) == sorted(start_slice(o.mask) for o in objects)
     assert set(table["model"]) == {"sam2_tiny"} and set(table["split"]) == {"test"}

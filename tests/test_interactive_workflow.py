@@ -26,7 +26,7 @@ def interactive_run(tmp_path_factory):
         spec["synth"].update(patients=4, images_per_patient=1)
     config["finetune"]["runs"] = {}
     config["semantic"]["backbones"] = ["sam_tiny"]
-    config["interactive"].update(n_iterations=1)
+    config["interactive"].update(n_iterations=2)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/tables/interactive2d_summary.tsv"
     run = snakemake(workdir, repo_root, target)
@@ -44,9 +44,10 @@ def test_one_embedding_job_per_dataset_and_one_job_per_setting(interactive_run):
     for dataset in ("demo_xray", "demo_mr"):
         for start in ("point", "box"):
             for masks in ("off", "on"):
-                table = pd.read_csv(results / f"interactive2d/sam_tiny/{dataset}/start~{start}/masks~{masks}.tsv",
-                                    sep="\t")
-                assert set(table["start"]) == {start} and set(table["masks"]) == {masks} and len(table) > 0
+                for suffix in (".tsv", ".objects.tsv"):  # union Dice per image and class; per-object Dice
+                    table = pd.read_csv(
+                        results / f"interactive2d/sam_tiny/{dataset}/start~{start}/masks~{masks}{suffix}", sep="\t")
+                    assert set(table["start"]) == {start} and set(table["masks"]) == {masks} and len(table) > 0
     # the volume's slices are images of their own in the 2D tables
     slices = pd.read_csv(results / "interactive2d/sam_tiny/demo_mr/start~box/masks~off.tsv", sep="\t")
     assert slices["case"].str.contains("@z").all()
@@ -78,7 +79,8 @@ def test_nothing_reruns_and_a_grid_point_runs_alone(interactive_run, repo_root):
 
 def test_an_edited_config_value_reruns_exactly_the_jobs_that_use_it(interactive_run, repo_root, tmp_path):
     """interactive.n_iterations is read by the 2D evaluation only: its jobs and the aggregation rerun,
-    not the embeddings, not the 3D jobs, not the data stage."""
+    not the embeddings, not the 3D jobs, not the data stage. interactive.preprocess changes what the
+    encoder sees: the embeddings and every evaluation rerun."""
     source, target, _, config = interactive_run
     workdir = tmp_path / "copy"  # the other tests keep the fixture's results as they are
     shutil.copytree(source, workdir, symlinks=True)
@@ -87,12 +89,19 @@ def test_an_edited_config_value_reruns_exactly_the_jobs_that_use_it(interactive_
     summary = snakemake(workdir, repo_root, "--summary", target)
     assert summary.returncode == 0, summary.stderr[-3000:]
     tables = {str(p.relative_to(workdir)) for p in (workdir / "results/interactive2d").rglob("*.tsv")}
-    assert len(tables) == 8 and params_changed_outputs(summary.stdout) == tables
+    assert len(tables) == 16 and params_changed_outputs(summary.stdout) == tables  # 8 jobs x (union, per object)
     run = snakemake(workdir, repo_root, target)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = job_counts(run.stdout + run.stderr)
     assert counts == {"interactive2d": 8, "aggregate_interactive": 1}, counts
     rows = pd.read_csv(workdir / "results/interactive2d/sam_tiny/demo_xray/start~box/masks~off.tsv", sep="\t")
-    assert rows["iteration"].max() == config["interactive"]["n_iterations"]  # the new value reached the job
+    # the new value reached the job: n_iterations predictions, numbered 0 .. n_iterations - 1
+    assert rows["iteration"].max() == config["interactive"]["n_iterations"] - 1
     again = snakemake(workdir, repo_root, "-n", target)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    config["interactive"]["preprocess"] = "aspect"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(workdir, repo_root, "-n", target)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["interactive_embed"] == 2 and counts["interactive2d"] == 8 and counts["interactive3d"] == 2, counts

@@ -174,7 +174,7 @@ def reference_assign(cases, fractions, seed, fixed=None, held_out=(), carry_coun
     free patients of each in hash order, each to the split furthest below its target over all cases
     counted so far (``carry_counts=False``: within its modality only, the rule before issue 13).
     Held-out patients are test and outside the counts; fixed ones keep their split and count."""
-    from medpipe.splits import _rank_key
+    from medpipe.splits.common import _rank_key
 
     fixed = dict(fixed or {})
     names = ("train", "val", "test")
@@ -201,7 +201,7 @@ def reference_assign(cases, fractions, seed, fixed=None, held_out=(), carry_coun
 
 
 def reference_variant(table, variant, seed, fractions):
-    from medpipe.splits import _rank_key
+    from medpipe.splits.common import _rank_key
 
     chosen = pd.Series(False, index=table.index)
     for part in ("train", "val"):

@@ -203,7 +203,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
         assert fa == fb, kind
         image = next(k for k in fa if k.startswith("images/"))
         assert fa[image] != fc[image], kind
-        assert not [k for k in fa if ".tmp-" in k]  # no leftovers of atomic writes
+        assert not [k for k in fa if ".tmp" in k]  # no leftovers of atomic writes
 
 
 def test_file_does_not_depend_on_patient_count(tmp_path):

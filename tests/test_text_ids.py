@@ -76,11 +76,11 @@ def test_na_ids_through_ingest_split_embed_eval2d_and_aggregation(tmp_path, monk
     model = ["--model", "None", "--dataset", "NA", "--store", "r/NA.zarr", "--splits", "r/NA.tsv",
              "--cache", "r/emb.zarr", "--threads", "1"]
     assert main(["embed", *common, *model]) == 0
-    assert main(["eval2d", *common, *model, "--out", "r/e2d.tsv"]) == 0
+    assert main(["eval2d", *common, *model, "--out", "r/e2d.tsv", "--out-objects", "r/e2d.objects.tsv"]) == 0
     table = read_tsv("r/e2d.tsv", COLUMNS_2D)
     assert set(table["case"]) == set(split["test"]) and set(table["dataset"]) == {"NA"}
     assert set(table["model"]) == {"None"} and set(table["class"]) <= {"null", "None"}
-    assert main(["aggregate-interactive", *common, "--tables2d", "r/e2d.tsv", "--tables", "r/tables",
-                 "--figures", "r/figures"]) == 0
+    assert main(["aggregate-interactive", *common, "--tables2d", "r/e2d.tsv", "--objects2d", "r/e2d.objects.tsv",
+                 "--tables", "r/tables", "--figures", "r/figures"]) == 0
     summary = files.read_tsv("r/tables/interactive2d_summary.tsv")
     assert set(summary["dataset"]) == {"NA"} and set(summary["model"]) == {"None"}

@@ -66,7 +66,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "eval2d": Subcommand(
         "medpipe.interactive.command", "add_eval2d_arguments", "run_eval2d",
-        "interactive 2D evaluation of one model on one dataset (per-object, per-iteration Dice)",
+        "interactive 2D evaluation of one model on one dataset (union Dice per image and class; per-object Dice)",
     ),
     "eval3d": Subcommand(
         "medpipe.interactive.command", "add_eval3d_arguments", "run_eval3d",

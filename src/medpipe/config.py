@@ -193,6 +193,12 @@ def _references(config: dict) -> list[str]:
     for name, spec in config["datasets"].items():
         where = f"datasets.{name}"
         problems += _dataset_problems(name, spec)
+        names = set(spec["classes"].values())
+        for key, listed in spec.get("interactive3d", {}).items():
+            unknown = sorted(set(listed) - names)
+            if unknown:
+                problems.append(f"{where}.interactive3d.{key}: {unknown} are not class names of the dataset "
+                                f"({sorted(names)})")
         case_group = None if spec.get("case_format") else "case"  # case_format names its own groups
         problems += filter(None, [_check_regex(spec, "case_id", case_group, where),
                                   _check_regex(spec, "patient_id", "patient", where)])

@@ -1,9 +1,10 @@
 """Result tables passed from the interactive evaluation to the aggregation: columns, reading, checks.
 
-The columns are the interface between the two stages (neither imports the other). One row per
-object and iteration (2D) or per object and grid point (3D), always keyed by dataset, case id,
-class and object, never by position in a list, so two models' results are paired by what they
-describe.
+The columns are the interface between the two stages (neither imports the other). 2D: one row per
+image, class and prediction with the union Dice of the class (the paper's number), and one row per
+object and prediction with the object's own Dice (for NoC); 3D: one row per object and grid point.
+Rows are always keyed by dataset, case id, class (and object), never by position in a list, so two
+models' results are paired by what they describe.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ import pandas as pd
 
 from medpipe import files
 
-COLUMNS_2D = ["dataset", "case", "class_id", "class", "object", "start", "masks", "iteration", "dice", "seed", "model"]
-KEYS_2D = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
+#: 2D, per image and class: ``dice`` of the union of the class's predicted objects vs the class mask
+COLUMNS_2D = ["dataset", "case", "class_id", "class", "start", "masks", "iteration", "dice", "n_objects", "seed",
+              "model"]
+KEYS_2D = ["dataset", "case", "class_id", "start", "masks", "iteration", "seed"]
+#: 2D, per object: ``dice`` of the object's own prediction vs its mask
+COLUMNS_2D_OBJECTS = ["dataset", "case", "class_id", "class", "object", "start", "masks", "iteration", "dice", "seed",
+                      "model"]
+KEYS_2D_OBJECTS = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
 COLUMNS_3D = ["dataset", "split", "case", "class_id", "class", "object", "z_start", "start", "iou_threshold",
               "projection", "box_extension", "dice", "n_slices", "seed", "model"]
 KEYS_3D = ["dataset", "case", "class_id", "object", "start", "seed"]

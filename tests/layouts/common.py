@@ -20,8 +20,9 @@ import nibabel as nib
 import numpy as np
 from skimage import draw
 
+from medpipe.files import write_bytes
 from medpipe.synth.shapes import blob2d, ellipse2d, ellipsoid3d, random_harmonics, smooth_field
-from medpipe.synth.writers import JPEG_QUALITY, atomic_write_bytes
+from medpipe.synth.writers import JPEG_QUALITY
 
 from layouts.expected import Entry, Expected
 
@@ -146,7 +147,7 @@ class Tree:
     # ---- raw bytes
     def bytes(self, rel: str, data: bytes) -> Path:
         path = self.path(rel)
-        atomic_write_bytes(path, data)
+        write_bytes(path, data)
         return path
 
     def text(self, rel: str, text: str) -> Path:
@@ -291,7 +292,7 @@ class Tree:
     def truncate(self, rel: str, keep: float = 0.5) -> None:
         path = self.path(rel)
         data = path.read_bytes()
-        atomic_write_bytes(path, data[: max(1, int(len(data) * keep))])
+        write_bytes(path, data[: max(1, int(len(data) * keep))])
 
     # ---- result
     def expected(self, entries: Sequence[Entry], defects: Sequence[str]) -> Expected:

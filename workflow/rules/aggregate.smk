@@ -6,6 +6,7 @@
 rule aggregate_interactive:
     input:
         tables2d=interactive_tables_2d(),
+        objects2d=interactive_tables_2d(".objects.tsv"),
         tables3d=interactive_tables_3d(),
     output:
         tables=[f"{R}/tables/{name}.tsv" for name in INTERACTIVE_TABLES],
@@ -29,4 +30,5 @@ rule aggregate_interactive:
         **job_resources(mem_mb=4000, runtime=30),
     shell:
         "medpipe aggregate-interactive --config {params.config:q} --tables2d {input.tables2d:q} "
-        "--tables3d {input.tables3d:q} --tables {params.tables_dir:q} --figures {params.figures_dir:q} > {log:q} 2>&1"
+        "--objects2d {input.objects2d:q} --tables3d {input.tables3d:q} --tables {params.tables_dir:q} "
+        "--figures {params.figures_dir:q} > {log:q} 2>&1"

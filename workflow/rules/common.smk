@@ -60,8 +60,8 @@ SAM2_MODELS = INTERACTIVE["sam2"]
 EVAL_MODELS = planning.model_specs(config)  # base models, then every finetune run (its export)
 INTERACTIVE_FIGURES = ["fig3a_dice_per_iteration", "fig3b_difference", "fig1b_interactive2d", "fig1c_interactive3d",
                        "fig7b_mask_prompts"]
-INTERACTIVE_TABLES = ["interactive2d", "interactive2d_summary", "interactive2d_noc", "interactive2d_difference",
-                      "interactive2d_comparisons", "interactive3d", "interactive3d_summary"]
+INTERACTIVE_TABLES = ["interactive2d", "interactive2d_objects", "interactive2d_summary", "interactive2d_noc",
+                      "interactive2d_difference", "interactive2d_comparisons", "interactive3d", "interactive3d_summary"]
 
 SEMANTIC = config["semantic"]
 BACKBONES = SEMANTIC["backbones"] if SEMANTIC["backbones"] is not None else list(config["models"]) + FINETUNE_RUNS
@@ -265,6 +265,11 @@ def dataset_roles(wildcards):
     return canonical(sorted(config["datasets"][wildcards.dataset].get("roles", [])))
 
 
+def dataset_objects3d(wildcards):
+    """The dataset's `interactive3d` key (classes evaluated, classes split into components) as canonical JSON."""
+    return canonical(config["datasets"][wildcards.dataset].get("interactive3d", {}))
+
+
 def sam2_checkpoint(wildcards):
     """The SAM2 model's weights and, for a config outside the sam2 package (trusted_sam2_configs), its file."""
     spec = SAM2_MODELS[wildcards.sam2]
@@ -272,9 +277,10 @@ def sam2_checkpoint(wildcards):
     return ([spec["checkpoint"]] if spec.get("checkpoint") else []) + own_config
 
 
-def interactive_tables_2d():
+def interactive_tables_2d(suffix=".tsv"):
+    """eval2d's union tables, or with suffix ".objects.tsv" its per-object tables."""
     return [
-        f"{R}/interactive2d/{model}/{dataset}/start~{start}/masks~{masks}.tsv"
+        f"{R}/interactive2d/{model}/{dataset}/start~{start}/masks~{masks}{suffix}"
         for model in EVAL_MODELS
         for dataset in INTERACTIVE_2D
         for start in INTERACTIVE["starts"]
@@ -304,7 +310,8 @@ def interactive_aggregate_outputs():
 
 def interactive_targets():
     aggregated = interactive_aggregate_outputs() if interactive_tables_2d() else []
-    return interactive_tables_2d() + interactive_tables_3d() + sam2_tables() + aggregated
+    return (interactive_tables_2d() + interactive_tables_2d(".objects.tsv") + interactive_tables_3d() + sam2_tables()
+            + aggregated)
 
 
 # -- semantic segmentation ---------------------------------------------------------------------

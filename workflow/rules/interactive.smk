@@ -1,10 +1,13 @@
-# Interactive evaluation (SPEC 3.4, 3.5): every model (base models + finetune runs) on every dataset
+# Interactive evaluation (docs/fidelity.md): every model (base models + finetune runs) on every dataset
 # with role interactive2d / interactive3d. One job per model x dataset x setting:
 #
 #   {R}/embeddings/<model>/<dataset>.zarr                    image-embedding cache: every image / slice the
 #                                                            evaluation of the dataset uses, encoded once
-#   {R}/interactive2d/<model>/<dataset>/start~S/masks~M.tsv  per-object, per-iteration Dice of one setting
-#                                                            (start point|box x mask prompts off|on, all seeds)
+#   {R}/interactive2d/<model>/<dataset>/start~S/masks~M.tsv  union Dice per image, class and prediction of one
+#                                                            setting (start point|box x mask prompts off|on,
+#                                                            all seeds): the paper's number
+#   {R}/interactive2d/<model>/<dataset>/start~S/masks~M.objects.tsv
+#                                                            per-object Dice of the same predictions (for NoC)
 #   {R}/interactive3d/<model>/<dataset>/start~S/{grid,selected,test,oracle}.tsv
 #                                                            one first-slice prompt: the grid on val, the chosen
 #                                                            setting on test, the oracle
@@ -30,7 +33,7 @@ rule interactive_embed:
         model=eval_model,
         seed=config["seed"],
         roles=dataset_roles,
-        settings=interactive_settings("split2d", "min_object_px"),
+        settings=interactive_settings("split2d", "min_object_px", "preprocess"),
         device=device,
         config=config_snapshot,
     log:
@@ -52,7 +55,8 @@ rule interactive2d:
         cache=embedding_cache,
         model=eval_model_checkpoint,
     output:
-        f"{R}/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.tsv",
+        union=f"{R}/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.tsv",
+        objects=f"{R}/interactive2d/{{model}}/{{dataset}}/start~{{start}}/masks~{{masks}}.objects.tsv",
     wildcard_constraints:
         dataset=one_of(INTERACTIVE_2D),
         start=one_of(INTERACTIVE["starts"]),
@@ -60,7 +64,7 @@ rule interactive2d:
     params:
         model=eval_model,
         seed=config["seed"],
-        settings=interactive_settings("split2d", "seeds", "n_iterations", "min_object_px"),
+        settings=interactive_settings("split2d", "seeds", "n_iterations", "min_object_px", "preprocess"),
         device=device,
         config=config_snapshot,
     log:
@@ -73,7 +77,7 @@ rule interactive2d:
         "medpipe eval2d --config {params.config:q} --model {wildcards.model:q} --dataset {wildcards.dataset:q} "
         "--store {input.store:q} --splits {input.splits:q} --cache {input.cache:q} --device {params.device:q} "
         "--start {wildcards.start:q} --masks {wildcards.masks:q} "
-        "--threads {resources.torch_threads:q} --out {output:q} > {log:q} 2>&1"
+        "--threads {resources.torch_threads:q} --out {output.union:q} --out-objects {output.objects:q} > {log:q} 2>&1"
 
 
 rule interactive3d:
@@ -93,7 +97,8 @@ rule interactive3d:
     params:
         model=eval_model,
         seed=config["seed"],
-        settings=interactive_settings("seeds", "min_object_px", "grid3d"),
+        settings=interactive_settings("seeds", "grid3d", "preprocess", "micro_sam_rules"),
+        objects=dataset_objects3d,
         out_dir=lambda wc, output: os.path.dirname(output.grid),
         device=device,
         config=config_snapshot,
@@ -129,7 +134,9 @@ rule interactive3d_grid_point:
     params:
         model=eval_model,
         seed=config["seed"],
-        settings=interactive_settings("seeds", "min_object_px"),
+        settings=interactive_settings("seeds", "preprocess", "micro_sam_rules"),
+        redraw=INTERACTIVE["grid3d"]["redraw_first_prompt"],
+        objects=dataset_objects3d,
         out_dir=lambda wc, output: os.path.splitext(output[0])[0],
         device=device,
         config=config_snapshot,
@@ -163,7 +170,8 @@ rule interactive3d_sam2:
     params:
         model=lambda wc: canonical(SAM2_MODELS[wc.sam2]),
         seed=config["seed"],
-        settings=interactive_settings("starts3d", "seeds", "min_object_px"),
+        settings=interactive_settings("starts3d", "seeds", "preprocess"),
+        objects=dataset_objects3d,
         device=device,
         config=config_snapshot,
     log:

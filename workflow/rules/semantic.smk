@@ -1,4 +1,4 @@
-# Semantic segmentation (SPEC 3.6): every dataset with role semantic2d / semantic3d, on its split
+# Semantic segmentation (docs/fidelity.md): every dataset with role semantic2d / semantic3d, on its split
 # table, with SAM-UNETR 2D (encoder of each backbone, decoder random or e_sem-pretrained), MA-SAM 3D
 # (each backbone), nnU-Net v2 and Swin UNETR; one job per method x backbone x decoder init x
 # dataset x seed (backbone and decoder init are `none` for nnU-Net and Swin UNETR).

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 def add_aggregate_interactive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="validated config snapshot (YAML)")
-    parser.add_argument("--tables2d", nargs="*", default=[], help="eval2d tables")
+    parser.add_argument("--tables2d", nargs="*", default=[], help="eval2d union tables (per image and class)")
+    parser.add_argument("--objects2d", nargs="*", default=[], help="eval2d per-object tables")
     parser.add_argument("--tables3d", nargs="*", default=[], help="eval3d test.tsv and oracle.tsv tables")
     parser.add_argument("--tables", required=True, help="output folder for tables")
     parser.add_argument("--figures", required=True, help="output folder for figures")
@@ -21,7 +22,8 @@ def add_aggregate_interactive_arguments(parser: argparse.ArgumentParser) -> None
 def run_aggregate_interactive(args) -> int:
     from medpipe.aggregate.interactive import aggregate
 
-    paths = aggregate(load_config(args.config), args.tables2d, args.tables3d, args.tables, args.figures)
+    paths = aggregate(load_config(args.config), args.tables2d, args.objects2d, args.tables3d, args.tables,
+                      args.figures)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

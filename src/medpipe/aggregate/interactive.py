@@ -1,15 +1,18 @@
 """The interactive results as tables and paper-style figures (``medpipe aggregate-interactive``).
 
-Inputs are the per-object tables of ``eval2d`` / ``eval3d``. Every summary row keeps the keys
-(model, dataset, start, masks, iteration / result) of the rows it averages, and the figures are
-drawn only from the summary tables written beside them, so each plotted number can be traced to
-a table row and from there to per-object rows of one case.
+Inputs are the tables of ``eval2d`` (per image and class: the union Dice, the paper's number; per
+object: for NoC) and ``eval3d``. Every summary row keeps the keys (model, dataset, start, masks,
+iteration / result) of the rows it averages, and the figures are drawn only from the summary tables
+written beside them, so each plotted number can be traced to a table row and from there to the rows
+of one case.
 
-Tables (``--tables``): ``interactive2d.tsv`` (all per-object rows), ``interactive2d_summary.tsv``
-(dataset means with 95% bootstrap CIs per iteration), ``interactive2d_noc.tsv`` (NoC@85/90),
-``interactive2d_difference.tsv`` (per-dataset difference to the reference model, paired by case
-and object), ``interactive2d_comparisons.tsv`` (the configured comparisons with CIs,
-:mod:`medpipe.aggregate.comparisons`), ``interactive3d.tsv`` and ``interactive3d_summary.tsv``.
+Tables (``--tables``): ``interactive2d.tsv`` (all union rows), ``interactive2d_objects.tsv`` (all
+per-object rows), ``interactive2d_summary.tsv`` (dataset means of the union Dice with 95% bootstrap
+CIs per iteration: images -> class -> dataset), ``interactive2d_noc.tsv`` (NoC@85/90 from the
+per-object Dice), ``interactive2d_difference.tsv`` (per-dataset difference of the union Dice to the
+reference model, paired by case and class), ``interactive2d_comparisons.tsv`` (the configured
+comparisons of the union Dice, paired, with CIs: :mod:`medpipe.aggregate.comparisons`),
+``interactive3d.tsv`` and ``interactive3d_summary.tsv``.
 Figures (``--figures``, PNG + SVG): ``fig3a_dice_per_iteration``, ``fig3b_difference``,
 ``fig1b_interactive2d``, ``fig1c_interactive3d``, ``fig7b_mask_prompts``.
 """
@@ -30,22 +33,23 @@ from medpipe.aggregate.comparisons import comparison_table  # noqa: E402
 from medpipe.files import atomic_path, write_tsv  # noqa: E402
 from medpipe.metrics import bootstrap_dataset_mean, noc_per_object  # noqa: E402
 from medpipe.models.specs import model_specs  # noqa: E402
-from medpipe.tables import COLUMNS_2D, KEYS_2D, MissingResultError, read_tsv  # noqa: E402
+from medpipe.tables import COLUMNS_2D, COLUMNS_2D_OBJECTS, KEYS_2D, MissingResultError, read_tsv  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def summarize_2d(rows: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """Dataset mean Dice (object -> case -> class -> dataset) with a 95% case-bootstrap CI."""
+    """Dataset mean of the union Dice (image -> class -> dataset) with a 95% case-bootstrap CI."""
     out = []
     for key, group in rows.groupby(["model", "dataset", "start", "masks", "iteration"], sort=True):
         mean, low, high = bootstrap_dataset_mean(group, n_boot=n_boot, seed=seed)
         out.append({**dict(zip(["model", "dataset", "start", "masks", "iteration"], key)), "dice": mean,
-                    "ci_low": low, "ci_high": high, "n_cases": group["case"].nunique(), "n_objects": len(group)})
+                    "ci_low": low, "ci_high": high, "n_cases": group["case"].nunique(), "n_rows": len(group)})
     return pd.DataFrame(out)
 
 
 def summarize_noc(rows: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.DataFrame:
+    """NoC@t from the per-object Dice: per object, then object -> case -> class -> dataset."""
     per_object = noc_per_object(rows, thresholds)
     out = []
     for key, group in per_object.groupby(["model", "dataset", "start", "masks"], sort=True):
@@ -60,10 +64,10 @@ def summarize_noc(rows: pd.DataFrame, thresholds, n_boot: int, seed: int) -> pd.
 
 
 def paired_difference(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per-object Dice minus the reference model's Dice for the same case/class/object/setting.
+    """Union Dice minus the reference model's Dice for the same case/class/setting.
 
-    Rows are paired on their keys (dataset, case, class, object, start, masks, iteration, seed);
-    a key present for one model and missing for the other raises, it is never dropped or shifted.
+    Rows are paired on their keys (dataset, case, class, start, masks, iteration, seed); a key
+    present for one model and missing for the other raises, it is never dropped or shifted.
     """
     if reference not in set(rows["model"]):
         raise MissingResultError(f"reference model {reference!r} has no 2D results "
@@ -95,7 +99,7 @@ def summarize_difference(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
                                      sort=True):
         per_case = group.groupby(["class_id", "case"])["diff"].mean().groupby(level="class_id").mean()
         out.append({**dict(zip(["model", "reference", "dataset", "start", "masks", "stage", "iteration"], key)),
-                    "dice_difference": float(per_case.mean()), "n_objects": len(group)})
+                    "dice_difference": float(per_case.mean()), "n_rows": len(group)})
     return pd.DataFrame(out)
 
 
@@ -146,7 +150,7 @@ def fig3a(summary: pd.DataFrame, models, folder: Path, masks: str):
         for model in models:
             part = data[(data["model"] == model) & (data["start"] == start)].sort_values("iteration")
             ax.plot(part["iteration"], part["dice"], marker="o", label=model)
-        ax.set(title=f"start: {start} (mask prompts {masks})", xlabel="correction iteration",
+        ax.set(title=f"start: {start} (mask prompts {masks})", xlabel="prediction (0 = first prompt)",
                ylabel="Dice (mean over datasets)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
@@ -217,27 +221,32 @@ def fig7b(summary: pd.DataFrame, models, folder: Path):
                 if len(part):
                     part = part.sort_values("iteration")
                     ax.plot(part["iteration"], part["dice"], style, color=f"C{i}", label=f"{model}, masks {masks}")
-        ax.set(title=f"start: {start}", xlabel="correction iteration", ylabel="Dice (mean over datasets)")
+        ax.set(title=f"start: {start}", xlabel="prediction (0 = first prompt)", ylabel="Dice (mean over datasets)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     return _save(fig, folder, "fig7b_mask_prompts")
 
 
-def aggregate(config: dict, tables2d, tables3d, tables_dir, figures_dir) -> dict[str, Path]:
-    """Write every table and figure; returns their paths by name."""
+def aggregate(config: dict, tables2d, objects2d, tables3d, tables_dir, figures_dir) -> dict[str, Path]:
+    """Write every table and figure; returns their paths by name.
+
+    ``tables2d``: eval2d's union tables (per image and class); ``objects2d``: its per-object tables.
+    """
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     section, seed = config["aggregate"], int(config["seed"])
     specs = list(model_specs(config))
     rows2d = pd.concat([read_tsv(p, COLUMNS_2D) for p in tables2d], ignore_index=True)
+    objects = pd.concat([read_tsv(p, COLUMNS_2D_OBJECTS) for p in objects2d], ignore_index=True)
     models = [m for m in specs if m in set(rows2d["model"])]
     reference = section["reference_model"] or next(iter(config["models"]))
     masks = "off" if "off" in set(rows2d["masks"]) else rows2d["masks"].iloc[0]
-    out = {"interactive2d": write_tsv(rows2d, tables_dir / "interactive2d.tsv")}
+    out = {"interactive2d": write_tsv(rows2d, tables_dir / "interactive2d.tsv"),
+           "objects2d": write_tsv(objects, tables_dir / "interactive2d_objects.tsv")}
     summary = summarize_2d(rows2d, section["n_boot"], seed)
     out["summary2d"] = write_tsv(summary, tables_dir / "interactive2d_summary.tsv")
-    out["noc"] = write_tsv(summarize_noc(rows2d, section["noc_thresholds"], section["n_boot"], seed),
+    out["noc"] = write_tsv(summarize_noc(objects, section["noc_thresholds"], section["n_boot"], seed),
                            tables_dir / "interactive2d_noc.tsv")
     diff = summarize_difference(rows2d, reference)
     out["difference"] = write_tsv(diff, tables_dir / "interactive2d_difference.tsv")

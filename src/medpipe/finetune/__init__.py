@@ -1,4 +1,4 @@
-"""Finetuning SAM with the objective of Alg. 1 (SPEC section 3.1).
+"""Finetuning SAM with the objective of Alg. 1 (reference-code choices: docs/fidelity.md).
 
 Modules: ``settings`` (knobs and presets), ``data`` (samples from the corpus), ``objective``
 (losses and one interactive iteration), ``sem_decoder`` (the joint semantic decoder),

@@ -54,7 +54,8 @@ def _setup(args):
     sam = load_model(spec, seed, device)
     predictor = BatchedPredictor(sam, device, config["interactive"]["max_objects_per_call"])
     # keyed by the encoder's weights, so a finetune run with a frozen encoder can read its base's cache
-    cache = EmbeddingCache(args.cache, spec.name, f"encoder-sha256:{encoder_digest(sam)}", predictor.img_size)
+    cache = EmbeddingCache(args.cache, spec.name, f"encoder-sha256:{encoder_digest(sam)}", predictor.img_size,
+                           config["interactive"]["preprocess"])
     return config, predictor, cache, DatasetStore(args.store)
 
 
@@ -88,7 +89,8 @@ def add_eval2d_arguments(parser) -> None:
     _common(parser)
     parser.add_argument("--start", nargs="+", choices=eval2d.STARTS, help="override interactive.starts")
     parser.add_argument("--masks", nargs="+", choices=eval2d.MASKS, help="override interactive.masks")
-    parser.add_argument("--out", required=True, help="per-object, per-iteration table (TSV)")
+    parser.add_argument("--out", required=True, help="per-image-and-class union Dice table (TSV; the paper's numbers)")
+    parser.add_argument("--out-objects", required=True, help="per-object Dice table (TSV; for NoC)")
 
 
 def run_eval2d(args) -> int:
@@ -97,13 +99,15 @@ def run_eval2d(args) -> int:
     cases = split_case_ids(args.splits, args.dataset, section["split2d"])
     if not cases:
         raise SystemExit(f"{args.splits}: dataset {args.dataset} has no {section['split2d']!r} cases")
-    table = eval2d.evaluate_dataset(
+    union, objects = eval2d.evaluate_dataset(
         predictor, cache, store, cases, args.model,
         starts=args.start or section["starts"], masks_settings=args.masks or section["masks"],
         seeds=section["seeds"], n_iterations=section["n_iterations"], min_object_px=section["min_object_px"],
     )
-    write_tsv(table, args.out)
-    log.info("%s: %d rows, %d images, %d encoder passes", args.out, len(table), len(cases), cache.computed)
+    write_tsv(union, args.out)
+    write_tsv(objects, args.out_objects)
+    log.info("%s: %d rows (%d per object), %d cases, %d encoder passes", args.out, len(union), len(objects),
+             len(cases), cache.computed)
     return 0
 
 
@@ -124,17 +128,18 @@ def run_eval3d(args) -> int:
                             args.projections or section["projections"],
                             args.box_extensions or section["box_extensions"])
     starts, seeds = args.starts or config["interactive"]["starts3d"], config["interactive"]["seeds"]
-    min_px = config["interactive"]["min_object_px"]
+    settings = grid.Settings3D.from_config(config, args.dataset)
     out = Path(args.out_dir)
     val_cases = split_case_ids(args.splits, args.dataset, "val")
     test_cases = split_case_ids(args.splits, args.dataset, "test")
     if not val_cases:
         raise SystemExit(f"{args.splits}: dataset {args.dataset} has no validation volumes for the 3D grid search")
     with_oracle = section["oracle"] and not args.grid_only
-    frames = [grid.evaluate_split(predictor, cache, store, val_cases, "val", points, starts, seeds, args.model, min_px)]
+    frames = [grid.evaluate_split(predictor, cache, store, val_cases, "val", points, starts, seeds, args.model,
+                                  settings)]
     if with_oracle:
         frames.append(grid.evaluate_split(predictor, cache, store, test_cases, "test", points, starts, seeds,
-                                          args.model, min_px))
+                                          args.model, settings))
     table = pd.concat(frames, ignore_index=True)
     write_tsv(table, out / "grid.tsv")
     if args.grid_only:
@@ -148,11 +153,12 @@ def run_eval3d(args) -> int:
         test = pd.concat([
             grid.evaluate_split(predictor, cache, store, test_cases, "test",
                                 grid.make_grid([r.iou_threshold], [r.projection], [r.box_extension]), [r.start], seeds,
-                                args.model, min_px)
+                                args.model, settings)
             for r in chosen.itertuples()], ignore_index=True)
     write_tsv(chosen, out / "selected.tsv")
     write_tsv(grid.apply_selection(test, chosen), out / "test.tsv")
-    oracle = grid.oracle(test) if with_oracle else test.iloc[:0].assign(result=grid.ORACLE_LABEL)
+    oracle = (grid.oracle(test, settings.redraw) if with_oracle
+              else test.iloc[:0].assign(result=grid.ORACLE_LABEL_REDRAWN if settings.redraw else grid.ORACLE_LABEL))
     write_tsv(oracle, out / "oracle.tsv")
     log.info("3D %s/%s: chose %s; %d encoder passes", args.model, args.dataset,
              chosen[["start", *GRID]].to_dict("records"), cache.computed)
@@ -185,7 +191,8 @@ def run_eval3d_sam2(args) -> int:
         log.error("%s", exc)
         return 2
     table = evaluate_split(predictor, DatasetStore(args.store), split_case_ids(args.splits, args.dataset, "test"),
-                           "test", section["starts3d"], section["seeds"], args.model, section["min_object_px"])
+                           "test", section["starts3d"], section["seeds"], args.model,
+                           grid.Settings3D.from_config(config, args.dataset), section["preprocess"])
     write_tsv(table, args.out)
     log.info("SAM2 %s/%s: %d rows, mean Dice %.3f", args.model, args.dataset, len(table), table["dice"].mean())
     return 0

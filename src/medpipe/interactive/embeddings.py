@@ -4,13 +4,15 @@ The image encoder is >95% of SAM's inference cost; the reference evaluation reco
 every iteration and every 3D grid point. Here each image (or each slice of a volume) is encoded
 once per model and stored; every object, iteration, setting, seed and grid point reads it back.
 
-Layout: ``<cache>.zarr/`` group with attrs ``{model, model_key, img_size}``; one array per case,
+Layout: ``<cache>.zarr/`` group with attrs ``{model, model_key, img_size, preprocess}``; one array per case,
 shape (S, C, h, w) float32 (S = 1 for 2D images, the number of slices for volumes), chunked one
 slice per chunk, with attrs ``{original_size, complete}``. The 2D protocol on a volume that the 3D
 evaluation does not cover stores single slices as ``<case>@z<z>`` (S = 1) instead, so slices
-without objects are never encoded. An array is written under a temporary
-name and renamed when complete, so a killed job never leaves a half-written embedding behind.
-A cache whose ``model_key`` differs from the current model's (another checkpoint) is refused.
+without objects are never encoded (with ``preprocess: reference`` a slice is always an entry of its
+own: it is resized and normalised as a 2D image, not as part of the volume). An array is written
+under a temporary name and renamed when complete, so a killed job never leaves a half-written
+embedding behind. A cache made by another model (``model_key``: another checkpoint), input size or
+``interactive.preprocess`` is refused, never reused.
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ class EmbeddingCacheError(RuntimeError):
 class EmbeddingCache:
     """Embeddings of one model for the cases of one dataset."""
 
-    def __init__(self, path, model: str, model_key: str, img_size: int):
+    def __init__(self, path, model: str, model_key: str, img_size: int, preprocess: str = "reference"):
         self.path = Path(path)
         self.model, self.model_key, self.img_size = model, model_key, int(img_size)
+        self.preprocess = preprocess
         self.path.mkdir(parents=True, exist_ok=True)
         self._root = zarr.open_group(str(self.path), mode="a")
         attrs = dict(self._root.attrs)
+        wanted = {"model_key": model_key, "img_size": self.img_size, "preprocess": preprocess}
         if not attrs:
-            self._root.attrs.update({"model": model, "model_key": model_key, "img_size": self.img_size})
-        elif attrs.get("model_key") != model_key or int(attrs.get("img_size", -1)) != self.img_size:
+            self._root.attrs.update({"model": model, **wanted})
+        elif {key: attrs.get(key) for key in wanted} != wanted:
+            made = {key: attrs.get(key) for key in wanted}
             raise EmbeddingCacheError(
-                f"{self.path}: embedding cache was made by model key {attrs.get('model_key')!r} "
-                f"(img_size {attrs.get('img_size')}), not by {model_key!r} (img_size {self.img_size}); "
+                f"{self.path}: embedding cache was made with {made}, not with {wanted}; "
                 "delete the folder to recompute"
             )
         #: encoder passes this object triggered (the benchmark and tests read it)
@@ -103,36 +107,48 @@ def slice_entry(case_id: str, z: int) -> str:
 
 
 def case_embeddings(cache: EmbeddingCache, predictor, store, case_id: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """``(embeddings (S, C, h, w), original_size)`` of a whole case, encoded only on a cache miss."""
-    from medpipe.interactive.predictor import image_to_uint8_slices
+    """``(embeddings (S, C, h, w), original_size)`` of a whole case, encoded only on a cache miss.
+
+    A 2D image is preprocessed as a 2D image (``original_size`` is then the evaluation frame, e.g.
+    1024 x 1024 with ``preprocess: reference``); a volume as a volume (its own size).
+    """
+    from medpipe.interactive import preprocess
 
     def compute():
-        slices = image_to_uint8_slices(store.image(case_id), store.ndim)
-        return predictor.encode(slices), tuple(store.label_array(case_id).shape[-2:])
+        if store.ndim == 2:
+            slices = preprocess.image_2d(store.image(case_id), cache.preprocess)[None]
+        else:
+            slices = preprocess.volume(store.image(case_id), cache.preprocess)
+        return predictor.encode(slices), tuple(slices.shape[1:3])
 
     return cache.get(case_id, compute)
 
 
 def slice_embeddings(cache: EmbeddingCache, predictor, store, case_id: str, slices):
-    """Yield ``(z, embedding (C, h, w))`` for the given slices of a volume (2D protocol on 3D data).
+    """Yield ``(z, embedding (C, h, w), original_size)`` for the given slices of a volume (2D protocol).
 
-    A whole-volume entry (made for the 3D evaluation) is read slice by slice; otherwise each slice
-    gets its own entry. Either way a slice is normalised with its whole volume's intensity range,
-    so both hold the same numbers, and the volume is read at most once.
+    ``preprocess: aspect``: a slice is normalised with its whole volume's intensity range, so a
+    whole-volume entry (made for the 3D evaluation) holds the same numbers and is read slice by
+    slice when present. ``reference``: each slice is a 2D image of its own (min-max of the slice,
+    resized to 1024 x 1024) with an entry of its own. Either way the volume is read at most once.
     """
-    from medpipe.interactive.predictor import image_to_uint8_slices
+    from medpipe.interactive import preprocess
 
-    whole = cache.open_entry(case_id) if cache.has(case_id) else None
+    whole = cache.open_entry(case_id) if cache.preprocess == "aspect" and cache.has(case_id) else None
     volume = None
     for z in slices:
         if whole is not None:
-            yield z, whole[z]
+            yield z, whole[z], tuple(whole.attrs["original_size"])
             continue
 
         def compute(z=z):
             nonlocal volume
             if volume is None:
-                volume = image_to_uint8_slices(store.image(case_id), 3)
-            return predictor.encode(volume[z : z + 1]), volume.shape[1:3]
+                volume = store.image(case_id)
+                if cache.preprocess == "aspect":
+                    volume = preprocess.volume(volume, "aspect")
+            image = volume[z] if cache.preprocess == "aspect" else preprocess.image_2d(volume[z], cache.preprocess)
+            return predictor.encode(image[None]), image.shape[:2]
 
-        yield z, cache.get(slice_entry(case_id, z), compute)[0][0]
+        embedding, original_size = cache.get(slice_entry(case_id, z), compute)
+        yield z, embedding[0], original_size

@@ -1,11 +1,15 @@
-"""Which objects the interactive protocols prompt, and where a 3D object starts (SPEC 3.4, 3.5).
+"""Which objects the interactive protocols prompt, and how a 3D object starts (docs/fidelity.md).
 
-An *object* is one connected component of one class of a semantic label map. Components smaller
-than ``min_size`` pixels are dropped (the reference evaluation's 20 px filter), because a click
-on a speck measures noise, not the model. Objects are numbered per class in the order
-``scipy.ndimage.label`` finds them (raster order of their first pixel), so the numbering is a
-pure function of the label map and a table row ``(case, class, object)`` always means the same
-pixels.
+2D: an *object* is one connected component of one class, with full connectivity (8-connected,
+``skimage.measure.label``'s default, which the reference evaluation uses), so a 1-px diagonal
+vessel stays one object. Components smaller than ``min_size`` pixels are dropped (the reference's
+20 px filter). Objects are numbered per class in raster order of their first pixel (the order
+``skimage.measure.label`` numbers them in), so a table row ``(case, class, object)`` always means
+the same pixels.
+
+3D: by default every class id of a volume is one object (the reference evaluates label ids);
+a dataset may list classes whose 26-connected components are objects of their own instead, and
+the classes the 3D protocol evaluates at all (``datasets.<name>.interactive3d``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from scipy import ndimage
 
 from medpipe import prompts
 
-#: components smaller than this (pixels / voxels) are not evaluated (reference: 20)
+#: components smaller than this (pixels) are not evaluated in 2D (reference: 20)
 MIN_OBJECT_PX = 20
 #: a 3D object is skipped when its start slice holds fewer pixels than this (reference: 10)
 MIN_START_SLICE_PX = 10
-#: width of the ring around a 3D object's start-slice mask from which the negative point is drawn
-RING_WIDTH_PX = 10
+#: the 3D point start's negative point keeps this Chebyshev distance from the object (reference: 10)
+NEGATIVE_MARGIN_PX = 10
 
 
 @dataclass(frozen=True)
@@ -35,43 +39,69 @@ class Obj:
     mask: np.ndarray
 
 
-def connected_objects(label: np.ndarray, classes: dict[int, str], min_size: int = MIN_OBJECT_PX) -> list[Obj]:
-    """Connected components of every class in ``label`` (2D or 3D), components < ``min_size`` dropped.
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Fully connected components (8 in 2D, 26 in 3D) numbered in raster order of their first pixel."""
+    mask = np.asarray(mask, dtype=bool)
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
 
-    Connectivity is the face neighbourhood (4 in 2D, 6 in 3D), as ``scipy.ndimage.label``'s
-    default; class ids present in the label map but absent from ``classes`` are an error, since
-    they would silently vanish from the results otherwise.
-    """
-    label = np.asarray(label)
+
+def _present_classes(label: np.ndarray, classes: dict[int, str]) -> list[int]:
     present = {int(v) for v in np.unique(label)} - {0}
     unknown = sorted(present - set(classes))
     if unknown:
         raise ValueError(f"label map has class ids {unknown} that the dataset does not declare ({sorted(classes)})")
+    return sorted(present)
+
+
+def connected_objects(label: np.ndarray, classes: dict[int, str], min_size: int = MIN_OBJECT_PX) -> list[Obj]:
+    """Fully connected components of every class in ``label``, components < ``min_size`` dropped.
+
+    Class ids present in the label map but absent from ``classes`` are an error, since they would
+    silently vanish from the results otherwise.
+    """
+    label = np.asarray(label)
     objects = []
-    for class_id in sorted(present):
-        components, count = ndimage.label(label == class_id)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel(), minlength=count + 1)
+    for class_id in _present_classes(label, classes):
+        parts, count = connected_components(label == class_id)
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)
         index = 0
         for component in range(1, count + 1):
             if sizes[component] < min_size:
                 continue
-            objects.append(Obj(class_id, classes[class_id], index, components == component))
+            objects.append(Obj(class_id, classes[class_id], index, parts == component))
             index += 1
     return objects
 
 
+def objects_3d(label: np.ndarray, classes: dict[int, str], evaluated=None, components=()) -> list[Obj]:
+    """The objects of the 3D protocol in a volume: one per class id, or per 26-connected component.
 
-def objects_per_slice(label3d: np.ndarray, classes: dict[int, str],
-                      min_size: int = MIN_OBJECT_PX) -> dict[int, list[Obj]]:
-    """The 2D objects of each slice of a volume that has any (a 3D dataset "split into separate images")."""
-    per_slice = {}
-    for z in np.flatnonzero(np.asarray(label3d).reshape(len(label3d), -1).any(axis=1)):
-        objects = connected_objects(label3d[z], classes, min_size)
-        if objects:
-            per_slice[int(z)] = objects
-    return per_slice
+    ``evaluated``: class names the protocol prompts (``None`` = all); ``components``: class names whose
+    26-connected components are separate objects (the reference does this for kits, segthy and
+    osic_pulmofib's lung class). No size filter: the start-slice rule (``start_slice``) is the only
+    one the reference applies to volumes.
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise ValueError(f"objects_3d: expected a volume, got shape {label.shape}")
+    known = set(classes.values())
+    for key, names in (("classes", evaluated or ()), ("components", components)):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(f"interactive3d.{key}: {unknown} are not class names of the dataset ({sorted(known)})")
+    objects = []
+    for class_id in _present_classes(label, classes):
+        name = classes[class_id]
+        if evaluated is not None and name not in evaluated:
+            continue
+        mask = label == class_id
+        if name in components:
+            parts, count = connected_components(mask)
+            objects += [Obj(class_id, name, i, parts == i + 1) for i in range(count)]
+        else:
+            objects.append(Obj(class_id, name, 0, mask))
+    return objects
+
 
 def start_slice(mask3d: np.ndarray, min_px: int = MIN_START_SLICE_PX) -> int | None:
     """The start slice of a 3D object: the middle of its z-extent, or ``None`` to skip it.
@@ -90,28 +120,34 @@ def start_slice(mask3d: np.ndarray, min_px: int = MIN_START_SLICE_PX) -> int | N
     return z if int(mask3d[z].sum()) >= min_px else None
 
 
-def ring(mask: np.ndarray, width: int = RING_WIDTH_PX) -> np.ndarray:
-    """Pixels within ``width`` px (face-connected dilation) of the object, the object excluded."""
+def negative_region(mask: np.ndarray, margin: int = NEGATIVE_MARGIN_PX) -> np.ndarray:
+    """Where the 3D point start draws its negative: the bbox grown by ``margin`` minus the object
+    dilated ``margin`` times with a 3x3 square, i.e. pixels at Chebyshev distance > ``margin``
+    from the object inside the grown bbox (micro-sam ``PointAndBoxPromptGenerator``,
+    ``dilation_strength=10``). Often empty for compact objects; see ``point_start_prompt``.
+    """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
-        raise ValueError(f"ring: expected a 2D mask, got shape {mask.shape}")
-    return ndimage.binary_dilation(mask, iterations=width) & ~mask
+        raise ValueError(f"negative_region: expected a 2D mask, got shape {mask.shape}")
+    x0, y0, x1, y1 = prompts.tight_bbox(mask)
+    region = np.zeros_like(mask)
+    region[max(y0 - margin, 0): y1 + margin, max(x0 - margin, 0): x1 + margin] = True
+    dilated = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=margin)
+    return region & ~dilated
 
 
-def ring_point_prompt(mask: np.ndarray, rng: np.random.Generator,
-                      width: int = RING_WIDTH_PX) -> tuple[np.ndarray, np.ndarray]:
-    """The 3D protocol's point start on a slice: one random positive inside, one negative in the ring.
+def point_start_prompt(mask: np.ndarray, rng: np.random.Generator,
+                       margin: int = NEGATIVE_MARGIN_PX) -> tuple[np.ndarray, np.ndarray]:
+    """The 3D protocol's point start on a slice: one random positive inside, one negative far from it.
 
-    The negative comes from the ring of ``width`` px around the object; if the ring is empty
-    (object fills the image) it falls back to the shared rule's bbox ring / background, and to a
-    "no point" (label -1) when the object is the whole slice. Returns ``coords`` (2, 2) as
-    ``(x, y)`` and ``labels`` (2,) = ``[1, 0]`` (or ``[1, -1]``).
+    Positive: uniform over the object's pixels. Negative: uniform over ``negative_region``; when that
+    is empty (compact objects), uniform over every non-object pixel of the slice (the reference's
+    fallback, which may lie right next to the object); label -1 ("no point") when the object is
+    the whole slice. Returns ``coords`` (2, 2) as ``(x, y)`` and ``labels`` (2,).
     """
     mask = np.asarray(mask, dtype=bool)
     positive = prompts.sample_point_inside(mask, rng)
-    region = ring(mask, width)
-    if not region.any():
-        region = prompts.bbox_ring(mask)
+    region = negative_region(mask, margin)
     if not region.any():
         region = ~mask
     if region.any():
@@ -119,3 +155,17 @@ def ring_point_prompt(mask: np.ndarray, rng: np.random.Generator,
         row, col = divmod(int(flat[rng.integers(flat.size)]), mask.shape[1])
         return np.stack([positive, np.array([col, row])]), np.array([1, 0])
     return np.stack([positive, np.zeros(2, dtype=np.int64)]), np.array([1, prompts.NO_POINT])
+
+
+def first_component(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
+    """The connected component of ``mask`` that holds its first pixel in raster order.
+
+    The reference keeps only this component of the start-slice prediction (it relabels the
+    prediction and propagates label 1). ``connectivity`` 2 = 8-connected (micro-sam up to 1.7,
+    ``skimage.measure.label``), 1 = 4-connected (micro-sam 1.8). An empty mask stays empty.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    parts, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
+    return parts == parts.flat[int(np.flatnonzero(mask)[0])]

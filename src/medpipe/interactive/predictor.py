@@ -18,10 +18,12 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from medpipe import prompts
-from medpipe.models.transforms import percentile_normalize, pixel_stats, resized_shape, sam_input, to_three_channels
+from medpipe.models.transforms import pixel_stats, resized_shape, sam_input
 
 #: the reference evaluation prompts up to this many objects of an image in one decoder call
 MAX_BATCH = 32
+#: micro-sam versions whose prompt rules differ (``interactive.micro_sam_rules``, docs/fidelity.md)
+MICRO_SAM_RULES = ("paper", "v1.8")
 
 
 @dataclass
@@ -31,19 +33,6 @@ class Prediction:
     masks: np.ndarray  # (N, H, W) bool
     low_res: torch.Tensor  # (N, 1, h, w) logits of the chosen output (the next mask prompt)
     iou: np.ndarray  # (N,) predicted IoU of the chosen output
-
-
-def image_to_uint8_slices(image: np.ndarray, ndim: int) -> np.ndarray:
-    """SAM-ready (S, H, W, 3) uint8 slices: percentile-normalised over the whole image or volume.
-
-    A volume is normalised with one intensity range for all slices (SPEC 3.2: percentiles of the
-    sample), so a slice's grey values mean the same thing in every slice of the propagation.
-    """
-    image = np.asarray(image)
-    if ndim == 3:
-        scaled = np.round(percentile_normalize(image)).astype(np.uint8)
-        return np.stack([to_three_channels(s) for s in scaled])
-    return np.round(percentile_normalize(to_three_channels(image))).astype(np.uint8)[None]
 
 
 class BatchedPredictor:
@@ -70,18 +59,26 @@ class BatchedPredictor:
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         return resized_shape(tuple(original_size), self.img_size)
 
-    def mask_logits_from_binary(self, masks: np.ndarray, eps: float = 1e-3) -> torch.Tensor:
-        """Binary masks (N, H, W) as low-res mask prompts (N, 1, h, w): logit(1-eps) inside, logit(eps) out.
+    def mask_logits_from_binary(self, masks: np.ndarray, rules: str = "paper", eps: float = 1e-3) -> torch.Tensor:
+        """Binary masks (N, H, W) as low-res mask prompts (N, 1, h, w) (the ``mask`` projections).
 
-        Resized like the image (longest side to the low-res size) and zero-padded bottom/right,
-        so the prompt lines up with the image embedding (the reference's ``mask`` projection).
+        As micro-sam's ``_compute_logits_from_mask``, whose resize is ``segment_anything``'s
+        ``ResizeLongestSide.apply_image_torch``: that reads the batch and channel axes as the image
+        size, so every mask is stretched to the full low-res size, ignoring its aspect ratio, and
+        never padded (docs/fidelity.md). ``paper`` (micro-sam <= 1.7): logits +-logit(1 - eps) are
+        resized (bilinear, anti-aliased); ``v1.8``: the binary mask is resized, then thresholded at
+        0.5 to +-logit(1 - eps).
         """
+        if rules not in MICRO_SAM_RULES:
+            raise ValueError(f"unknown micro_sam_rules {rules!r}; expected one of {MICRO_SAM_RULES}")
         masks = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=self.device)
         value = float(np.log((1 - eps) / eps))
-        logits = (masks * 2 - 1) * value
-        h, w = resized_shape(tuple(masks.shape[-2:]), self.mask_input_size[0])
-        resized = F.interpolate(logits[:, None], (h, w), mode="bilinear", align_corners=False)
-        return F.pad(resized, (0, self.mask_input_size[1] - w, 0, self.mask_input_size[0] - h))
+        source = ((masks * 2 - 1) * value if rules == "paper" else masks)[:, None]
+        if tuple(source.shape[-2:]) != self.mask_input_size:
+            source = F.interpolate(source, self.mask_input_size, mode="bilinear", align_corners=False, antialias=True)
+        if rules == "paper":
+            return source
+        return torch.where(source > 0.5, value, -value)
 
     @torch.no_grad()
     def predict(
@@ -97,9 +94,15 @@ class BatchedPredictor:
         """Masks for N objects from prompts in image pixel coordinates (``(x, y)``, xyxy boxes).
 
         ``embedding`` is (C, h, w) (numpy or tensor). With ``multimask`` the 3-mask head is used
-        and, per object, the output with the highest predicted IoU is kept (SPEC 3.4).
+        and, per object, the output with the highest predicted IoU is kept. Without any prompt
+        (as the reference's propagation does after an empty mask) SAM predicts for one object.
         """
-        n = len(points) if points is not None else len(boxes)
+        if points is not None:
+            n = len(points)
+        elif boxes is not None:
+            n = len(boxes)
+        else:
+            n = len(mask_input) if mask_input is not None else 1
         emb = torch.as_tensor(np.asarray(embedding), device=self.device)[None].float()
         input_size = self.input_size(original_size)
         masks, low_res, ious = [], [], []

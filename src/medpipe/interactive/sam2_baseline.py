@@ -2,10 +2,11 @@
 
 The paper compares SAM-based propagation with SAM2 / MedSAM2, which treat the slices as video
 frames. To keep the comparison paired object by object, everything but the propagation is the
-SAM protocol's own (``medpipe.interactive.grid``): the same connected components (20 px filter),
-the same start slice (middle of the z-extent, >= 10 px) and the same first prompt (tight box, or
-one positive + one ring negative drawn from the same seeded generator). The predictor reads frames
-from a folder of JPEGs (the only frame source ``sam2`` accepts besides MP4), written at quality 95.
+SAM protocol's own (``medpipe.interactive.grid``): the same objects (``Settings3D``), the same start
+slice (middle of the z-extent, >= 10 px), the same first prompt (tight box, or one positive + one
+distant negative drawn from the same seeded generator) and the same intensities
+(``interactive.preprocess``). The predictor reads frames from a folder of JPEGs (the only frame
+source ``sam2`` accepts besides MP4), written at quality 95.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from medpipe.config import sam2_config_path
-from medpipe.interactive.grid import volume_rng
-from medpipe.interactive.objects import MIN_OBJECT_PX, connected_objects, start_slice
-from medpipe.interactive.predictor import image_to_uint8_slices
+from medpipe.interactive import preprocess
+from medpipe.interactive.grid import DEFAULT_3D, Settings3D, volume_rng
+from medpipe.interactive.objects import objects_3d, start_slice
 from medpipe.interactive.propagate3d import first_slice_prompts
 from medpipe.metrics import dice
 
@@ -146,15 +147,15 @@ def propagate_object(predictor, state, z_start: int, prompt: dict, shape: tuple[
 
 
 def evaluate_volume(predictor, image: np.ndarray, label: np.ndarray, classes: dict, starts, seeds, meta: dict,
-                    min_object_px: int = MIN_OBJECT_PX) -> list[dict]:
+                    settings: Settings3D = DEFAULT_3D, preprocess_mode: str = "reference") -> list[dict]:
     """Rows (one per object x start x seed) of SAM2 propagation on one volume."""
     import torch
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="medpipe-sam2-") as tmp, torch.inference_mode():
-        frames = write_frames(image_to_uint8_slices(image, 3), Path(tmp))
+        frames = write_frames(preprocess.volume(image, preprocess_mode), Path(tmp))
         state = predictor.init_state(video_path=str(frames))
-        for obj in connected_objects(label, classes, min_object_px):
+        for obj in objects_3d(label, classes, settings.classes, settings.components):
             z = start_slice(obj.mask)
             if z is None:
                 continue
@@ -169,13 +170,13 @@ def evaluate_volume(predictor, image: np.ndarray, label: np.ndarray, classes: di
     return rows
 
 
-def evaluate_split(predictor, store, case_ids, split, starts, seeds, model,
-                   min_object_px=MIN_OBJECT_PX) -> pd.DataFrame:
+def evaluate_split(predictor, store, case_ids, split, starts, seeds, model, settings: Settings3D = DEFAULT_3D,
+                   preprocess_mode: str = "reference") -> pd.DataFrame:
     if store.ndim != 3:
         raise ValueError(f"{store.path}: the SAM2 baseline needs a 3D dataset, this one has ndim={store.ndim}")
     rows = []
     for case_id in tqdm(case_ids, desc=f"SAM2 {model}/{store.name}/{split}", unit="volume"):
         meta = {"dataset": store.name, "split": split, "case": case_id, "model": model}
         rows += evaluate_volume(predictor, store.image(case_id), store.label(case_id), store.classes, starts, seeds,
-                                meta, min_object_px)
+                                meta, settings, preprocess_mode)
     return pd.DataFrame(rows, columns=COLUMNS)

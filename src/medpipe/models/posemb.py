@@ -1,4 +1,4 @@
-"""Resize SAM's positional embeddings to a new input size (SPEC 3.6, defect list 3.8).
+"""Resize SAM's positional embeddings to a new input size (a defect of the reference code: docs/fidelity.md).
 
 A ViT trained at 1024 px has a 64x64 absolute position grid and relative position tables of
 length 2*64-1 in its global-attention blocks. At another input size both must be interpolated;

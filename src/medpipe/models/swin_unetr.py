@@ -1,4 +1,4 @@
-"""Swin UNETR baseline (MONAI), 2D or 3D (SPEC 3.6).
+"""Swin UNETR baseline (MONAI), 2D or 3D (docs/fidelity.md).
 
 MONAI's current ``SwinUNETR`` has no ``img_size`` argument: it accepts any input whose spatial
 dims are multiples of 32 (five x2 downsamplings), so patches and whole cases are zero-padded to

@@ -1,4 +1,4 @@
-"""nnU-Net v2 driven through its Python API from a medpipe store and split (SPEC 3.6).
+"""nnU-Net v2 driven through its Python API from a medpipe store and split (docs/fidelity.md).
 
 Steps: convert the store to nnU-Net's raw format (train+val cases in ``imagesTr``/``labelsTr``,
 test cases in ``imagesTs``), write *our* train/val split as ``splits_final.json`` (fold 0) so

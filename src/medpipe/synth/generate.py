@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from medpipe.files import write_bytes
+
 from . import ct, dermoscopy, mri, ultrasound, writers, xray
 from .base import KindSpec, Sample
 from .shapes import image_rng, patient_rng
@@ -106,8 +108,8 @@ def generate_dataset(
     for (p, i, _), entry in tqdm(list(zip(cases, files)), desc=f"synth {kind}", unit="file"):
         sample = render_case(spec, seed, p, i, size)
         image_bytes, label_bytes = encode(spec, sample)
-        writers.atomic_write_bytes(out / entry["image"], image_bytes)
-        writers.atomic_write_bytes(out / entry["label"], label_bytes)
+        write_bytes(out / entry["image"], image_bytes)
+        write_bytes(out / entry["label"], label_bytes)
         counts += np.bincount(sample.label.ravel(), minlength=len(counts))[: len(counts)]
         spacing = sample.spacing
 
@@ -126,6 +128,6 @@ def generate_dataset(
         "label_voxels": {str(k): int(counts[k]) for k in range(len(counts))},
         "files": files,
     }
-    writers.atomic_write_bytes(out / MANIFEST, writers.json_bytes(manifest))
+    write_bytes(out / MANIFEST, writers.json_bytes(manifest))
     log.info("synth %s: wrote %d cases and %s", kind, len(files), out / MANIFEST)
     return manifest

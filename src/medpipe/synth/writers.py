@@ -11,28 +11,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-from pathlib import Path
 
 import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
 
 JPEG_QUALITY = 92
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def png_bytes(array: np.ndarray) -> bytes:
