@@ -388,9 +388,10 @@ def test_schema_defaults_match_code_and_demo_runs_resolve(repo_root):
     config = load_config(repo_root / "config" / "config.yaml")
     runs = {run: resolve_run(config, run) for run in config["finetune"]["runs"]}
     presets = {s["preset"] for s in runs.values()}
-    assert {"medsam", "simpleft", "medicosam_full"} <= presets  # the demo trains the three strategies
-    for settings in runs.values():
-        assert settings["model_type"] == "tiny" and settings["checkpoint"] is None
+    assert {"medsam", "simpleft", "medicosam_p60"} <= presets  # the demo trains the three strategies
+    for settings in runs.values():  # from LiteMedSAM's bundled weights, its encoder frozen
+        assert settings["model_type"] == "lite_medsam" and settings["checkpoint"] == "bundled"
+        assert settings.freeze == ("image_encoder",) and settings.caches_embeddings
         for knob, value in PRESETS[settings["preset"]].items():
-            if knob != "corpus_variant":  # the demo trains every strategy on its full corpus
+            if knob not in ("corpus_variant", "lr"):  # every strategy on its full corpus, at one demo-sized lr
                 assert settings[knob] == value, (settings["run"], knob)

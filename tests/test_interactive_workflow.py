@@ -8,6 +8,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from dag_fixtures import job_counts, params_changed_outputs
+from demo_fixtures import tiny_demo_config
 from test_semantic_workflow import _job_counts, snakemake
 
 pytestmark = pytest.mark.slow
@@ -18,15 +19,16 @@ def interactive_run(tmp_path_factory):
     """demo_xray (2D) and demo_mr (3D, and its slices in 2D) with the tiny SAM, no finetuning."""
     repo_root = REPO_ROOT
     workdir = tmp_path_factory.mktemp("interactive")
-    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    config = tiny_demo_config()
     config["datasets"] = {name: config["datasets"][name] for name in ("demo_xray", "demo_mr")}
     config["datasets"]["demo_xray"]["roles"] = ["interactive2d"]
     config["datasets"]["demo_mr"]["roles"] = ["interactive2d", "interactive3d"]
     for spec in config["datasets"].values():
         spec["synth"].update(patients=4, images_per_patient=1)
     config["finetune"]["runs"] = {}
+    config["aggregate"]["comparisons"] = {"box": {"a": {"model": "sam_tiny", "start": "box"}}}
     config["semantic"]["backbones"] = ["sam_tiny"]
-    config["interactive"].update(n_iterations=2)
+    config["interactive"].update(n_iterations=2, masks=["off", "on"])
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/tables/interactive2d_summary.tsv"
     run = snakemake(workdir, repo_root, target)

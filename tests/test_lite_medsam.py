@@ -271,6 +271,7 @@ def _config(**sections):
     from conftest import REPO_ROOT
 
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config.pop("aggregate")  # its comparisons name the demo's models
     config.update(sections)
     return config
 

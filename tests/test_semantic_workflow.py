@@ -13,6 +13,7 @@ import yaml
 from imageio import v3 as iio
 
 from debian import ensure_debian_packages
+from demo_fixtures import tiny_demo_config
 
 
 def snakemake(workdir: Path, repo_root: Path, *args: str, timeout=900) -> subprocess.CompletedProcess:
@@ -39,15 +40,29 @@ def test_demo_dag_has_one_job_per_method_backbone_init_dataset_seed(tmp_path, re
     dry = snakemake(tmp_path, repo_root, "-n", "-p", target)
     assert dry.returncode == 0, dry.stderr[-3000:]
     out = dry.stdout + dry.stderr
-    # 2D: demo_xray; 3D: demo_ct; backbones sam_tiny (random init) and medicosam_demo (e_sem)
-    # sam_unetr: 1 dataset x (sam_tiny.random, medicosam_demo.random, medicosam_demo.pretrained) = 3
-    # ma_sam: 1 x 2 backbones = 2; nnunet: 2 datasets; swin_unetr: 2 datasets -> 9 per seed, 2 seeds
-    assert _job_counts(out)["semantic_run"] == 18
+    # 2D: demo_xray; 3D: demo_ct; backbone lite_medsam (its bundled weights; no e_sem decoder in the demo)
+    # sam_unetr: 1 dataset x lite_medsam.random = 1; no ma_sam (LiteMedSAM has no ViT blocks);
+    # nnunet: 2 datasets; swin_unetr: 2 datasets -> 5 per seed, 2 seeds
+    assert _job_counts(out)["semantic_run"] == 10
     assert _job_counts(out)["semantic_aggregate"] == 1
+    assert "--decoder-init random --model-type lite_medsam --checkpoint bundled" in out
+    assert "--method nnunet --dataset demo_ct" in out and "--method ma_sam" not in out
+    assert "lite_medsam.pretrained" not in out  # base models have no decoder
+
+
+def test_dag_with_an_esem_run_initialises_sam_unetr_from_its_decoder(tmp_path, repo_root):
+    config = tiny_demo_config()
+    config["finetune"]["runs"]["medicosam_demo"].update(preset="medicosam_full")  # e_sem: a decoder file
+    config["semantic"].update(backbones=["sam_tiny", "medicosam_demo"], methods=["sam_unetr", "ma_sam"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(tmp_path, repo_root, "-n", "-p", "results/tables/semantic/seed_stats.tsv")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    out = dry.stdout + dry.stderr
+    # sam_unetr: sam_tiny.random, medicosam_demo.random, medicosam_demo.pretrained; ma_sam: 2 backbones
+    assert _job_counts(out)["semantic_run"] == 5
     assert "--decoder-init pretrained --model-type tiny --checkpoint results/models/medicosam_demo.pth " \
            "--decoder-file results/models/medicosam_demo.decoder.pth" in out
-    assert "--method nnunet --dataset demo_ct" in out and "--method ma_sam --dataset demo_xray" not in out
-    assert "medicosam_demo.pretrained" in out and "sam_tiny.pretrained" not in out  # base models have no decoder
+    assert "--method ma_sam --dataset demo_xray" not in out and "sam_tiny.pretrained" not in out
 
 
 def _chromium():
@@ -58,14 +73,15 @@ def _chromium():
 def test_tiny_semantic_study_and_report_render_in_headless_chromium(tmp_path, repo_root):
     """Synth -> ingest -> split -> SAM-UNETR (2D) + MA-SAM (3D) -> aggregate -> report -> headless Chromium."""
     ensure_debian_packages(["chromium"], ["chromium"])
-    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    config = tiny_demo_config()
     keep = {"demo_xray", "demo_ct"}
     for name, spec in config["datasets"].items():  # --configfile merges into the demo config: clear, do not drop
         spec["synth"].update(patients=4, images_per_patient=1)
         spec["roles"] = [r for r in spec["roles"] if r.startswith("semantic")] if name in keep else []
     config["semantic"].update(backbones=["sam_tiny"], methods=["sam_unetr", "ma_sam"])
     config["semantic"]["sam_unetr"].update(iterations=2, val_every=2)
-    config["semantic"]["ma_sam"].update(iterations=2, val_every=2)
+    config["semantic"]["ma_sam"] = {"iterations": 2, "val_every": 2, "batch_size": 1, "patch_size": [8, 96, 96],
+                                    "input_size": 64, "halo": 2, "val_batches": 1}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/tables/semantic/seed_stats.tsv"
     run = snakemake(tmp_path, repo_root, target)

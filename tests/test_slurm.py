@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from demo_fixtures import tiny_demo_config
 from slurm.cluster import slurm_cluster  # noqa: F401  (session fixture: the running cluster)
 
 pytestmark = pytest.mark.slow
@@ -111,7 +112,7 @@ def demo_workdir(tmp_path_factory):
     """The demo config cut to one 2D and one 3D dataset (2 real cores run every job), and one short
     finetune run with a checkpoint every 2 iterations."""
     workdir = tmp_path_factory.mktemp("slurm_demo")
-    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config = tiny_demo_config()
     config["datasets"] = {name: config["datasets"][name] for name in SLURM_DATASETS}
     for spec in config["datasets"].values():
         spec["synth"].update(patients=3, images_per_patient=2)

@@ -160,10 +160,12 @@ def test_the_demo_corpus_has_validation_cases(tmp_path, repo_root):
     split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"])
     table = read_corpus(tmp_path / "corpus.tsv")
     free = table[table["split"] != "test"]
-    assert len(table) == 52 and len(free) == 39
+    specs = [spec["synth"] for spec in config["datasets"].values() if "finetune" in spec["roles"]]
+    cases = sum(s["patients"] * s["images_per_patient"] for s in specs)
+    assert len(table) == cases and len(free) == cases - sum(s["images_per_patient"] for s in specs)
     val = int((free["split"] == "val").sum())
     assert abs(val - 0.1 * len(free)) <= 3 and val > 0  # was 0 of 52: best.pt was never validated
-    assert table.loc[table["in_full"], "split"].value_counts().to_dict() == {"train": 39 - val, "val": val}
+    assert table.loc[table["in_full"], "split"].value_counts().to_dict() == {"train": len(free) - val, "val": val}
 
 
 # ---------------------------------------------------------------- numpy path vs a plain reference

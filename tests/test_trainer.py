@@ -198,11 +198,10 @@ def test_finetune_rules_dry_run_launch_torchrun_per_gpu(tmp_path, repo_root):
         return result.stdout
 
     out = dry_run()
-    for rule, count in (("finetune", 3), ("export_model", 2), ("export_model_with_decoder", 1), ("check_compat", 3),
-                        ("compat_table", 1)):
+    for rule, count in (("finetune", 3), ("export_model", 3), ("check_compat", 3), ("compat_table", 1)):
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
     assert "medpipe finetune medicosam_demo --config" in out and "torchrun" not in out
-    assert "results/models/medicosam_demo.decoder.pth" in out
-    assert "--model-type tiny --name medsam_demo --base random-init" in out  # shell-quoted only where needed
+    assert "results/models/medicosam_demo.export.json" in out  # what was frozen, beside the export
+    assert "--model-type lite_medsam --name medsam_demo --base bundled" in out  # shell-quoted only where needed
     out = dry_run("--set-resources", "finetune:gpu=2")  # the launcher follows the job's gpu resource
     assert "torchrun --standalone --nproc_per_node=2 -m medpipe finetune medsam_demo" in out

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from dag_fixtures import REPO_ROOT, job_counts
+from demo_fixtures import tiny_demo_config
 
 NASTY_RESULTS = "res ults/it's $(touch PWNED)"
 NASTY_CHECKPOINT = "ckpt dir/it's $(touch PWNED).pth"
@@ -31,7 +32,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def nasty_config(workdir: Path, datasets=None) -> dict:
-    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    config = tiny_demo_config()
     config["results_dir"] = NASTY_RESULTS
     if datasets:
         config["datasets"] = {name: config["datasets"][name] for name in datasets}
