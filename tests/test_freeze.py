@@ -51,6 +51,11 @@ def test_frozen_parts_stay_bit_identical_and_the_rest_trains(tmp_path):
     meta = export(out / "latest.pt", tmp_path / "models" / "run.pth")
     assert meta["freeze"] == ["image_encoder", "prompt_encoder"]
     assert json.loads((tmp_path / "models" / "run.export.json").read_text())["freeze"] == meta["freeze"]
+    # the export's encoder is the base's: its evaluation may read the base model's embedding cache
+    from medpipe.models.sam import encoder_digest
+
+    exported = build_sam("lite_medsam", tmp_path / "models" / "run.pth")
+    assert encoder_digest(exported) == encoder_digest(build_sam("lite_medsam", "bundled"))
 
 
 def test_freeze_names_only_parts_of_sam():

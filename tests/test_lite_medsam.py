@@ -172,15 +172,21 @@ def test_ma_sam_refuses_a_tinyvit_encoder(lite):
         build_ma_sam(lite, 3)
 
 
-def test_encoder_digest_follows_encoder_weights_only(lite):
+def test_encoder_digest_follows_encoder_weights_only(lite, tmp_path):
+    from medpipe.interactive.embeddings import EmbeddingCache, EmbeddingCacheError
+
     digest = encoder_digest(lite)
     other = build_sam(LITE_MEDSAM, "bundled")
     with torch.no_grad():
         other.mask_decoder.iou_prediction_head.layers[0].weight.add_(1.0)
     assert encoder_digest(other) == digest  # another decoder: the same embeddings
+    EmbeddingCache(tmp_path / "c.zarr", "base", f"encoder-sha256:{digest}", 256, "reference")
+    EmbeddingCache(tmp_path / "c.zarr", "run", f"encoder-sha256:{encoder_digest(other)}", 256, "reference")
     with torch.no_grad():
         other.image_encoder.neck[0].weight.mul_(2.0)
     assert encoder_digest(other) != digest
+    with pytest.raises(EmbeddingCacheError, match="delete the folder"):  # another encoder: refused
+        EmbeddingCache(tmp_path / "c.zarr", "run", f"encoder-sha256:{encoder_digest(other)}", 256, "reference")
 
 
 def test_export_check_loads_into_the_package_and_predicts_the_same(tmp_path, lite):
