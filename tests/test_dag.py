@@ -62,7 +62,10 @@ def expected_counts(config: dict) -> dict[str, int]:
     section = config["interactive"]
     interactive2d = datasets_with_role(config, "interactive2d")
     interactive3d = datasets_with_role(config, "interactive3d")
-    counts["interactive_embed"] = len(models) * len(set(interactive2d) | set(interactive3d))
+    from medpipe.models.specs import embedding_owner
+
+    owners = {embedding_owner(config, model) for model in models}  # a frozen-encoder run reads its base's
+    counts["interactive_embed"] = len(owners) * len(set(interactive2d) | set(interactive3d))
     counts["interactive2d"] = len(models) * len(interactive2d) * len(section["starts"]) * len(section["masks"])
     counts["interactive3d"] = len(models) * len(interactive3d) * len(section["starts3d"])
     counts["interactive3d_sam2"] = len(config["interactive"]["sam2"]) * len(datasets_with_role(config, "interactive3d"))
@@ -150,16 +153,17 @@ def test_dry_run_job_counts_match_the_config(study_tree, study_rules):
 
 
 def test_expected_counts_of_the_paper_study_by_hand():
-    """6 models (sam, medsam + 4 finetune runs) x 17 / 6 datasets; semantic: SAM-UNETR 6 datasets x
-    (6 random + 1 pretrained decoder), MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each. 34
-    entries: 8 SA-Med2D modalities + 25 evaluation datasets, papila as two (disc, cup)."""
+    """7 models (sam, medsam, lite_medsam + 4 finetune runs) x 17 / 6 datasets; semantic (6 ViT
+    backbones: lite_medsam is not one): SAM-UNETR 6 datasets x (6 random + 1 pretrained decoder),
+    MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each. 34 entries: 8 SA-Med2D modalities + 25
+    evaluation datasets, papila as two (disc, cup)."""
     counts = expected_counts(resolved(STUDY))
     assert counts["ingest"] == counts["split"] == 34
     assert counts["finetune"] == 4 and counts["export_model"] == 3 and counts["export_model_with_decoder"] == 1
     # one job per setting: 2D point/box x mask prompts off/on, 3D box/point; one embedding job per
     # model and dataset (duke_liver and microusp have both roles: 17 + 6 - 2 = 21 datasets)
-    assert counts["interactive2d"] == 6 * 17 * 4 and counts["interactive3d"] == 36 * 2
-    assert counts["interactive_embed"] == 6 * 21
+    assert counts["interactive2d"] == 7 * 17 * 4 and counts["interactive3d"] == 7 * 6 * 2
+    assert counts["interactive_embed"] == 7 * 21
     assert counts["semantic_run"] == 42 + 36 + 12 + 12
     assert "synth" not in counts
 
