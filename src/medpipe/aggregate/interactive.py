@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medpipe.aggregate.comparisons import comparison_table  # noqa: E402
 from medpipe.files import atomic_path, write_tsv  # noqa: E402
@@ -152,6 +153,7 @@ def fig3a(summary: pd.DataFrame, models, folder: Path, masks: str):
             ax.plot(part["iteration"], part["dice"], marker="o", label=model)
         ax.set(title=f"start: {start} (mask prompts {masks})", xlabel="prediction (0 = first prompt)",
                ylabel="Dice (mean over datasets)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # predictions are counted, not measured
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     return _save(fig, folder, "fig3a_dice_per_iteration")
@@ -222,6 +224,7 @@ def fig7b(summary: pd.DataFrame, models, folder: Path):
                     part = part.sort_values("iteration")
                     ax.plot(part["iteration"], part["dice"], style, color=f"C{i}", label=f"{model}, masks {masks}")
         ax.set(title=f"start: {start}", xlabel="prediction (0 = first prompt)", ylabel="Dice (mean over datasets)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     return _save(fig, folder, "fig7b_mask_prompts")
