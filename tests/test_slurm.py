@@ -125,6 +125,9 @@ def demo_workdir(tmp_path_factory):
     semantic = config.get("semantic") or {}
     if semantic.get("backbones"):  # drop backbones that name the finetune runs cut above
         semantic["backbones"] = [name for name in semantic["backbones"] if name in models]
+    aggregate = config.setdefault("aggregate", {})  # and the comparisons that name them
+    aggregate["comparisons"] = {name: spec for name, spec in (aggregate.get("comparisons") or {}).items()
+                                if all(side["model"] in models for side in spec.values())}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir, config
 
