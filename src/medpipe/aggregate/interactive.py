@@ -193,7 +193,7 @@ def fig1b(summary: pd.DataFrame, models, folder: Path, masks: str):
         ax.bar(np.arange(len(models)) + i * width, [part["dice"].get(m, np.nan) for m in models], width, label=label)
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=30, ha="right")
     ax.set(ylabel="Dice (mean over 2D datasets)", title="interactive 2D")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over one
     return _save(fig, folder, "fig1b_interactive2d")
 
 
@@ -208,7 +208,7 @@ def fig1c(summary3d: pd.DataFrame, models, folder: Path):
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=30, ha="right")
     ax.set(ylabel="Dice (mean over 3D datasets)", title="interactive 3D (validation-selected setting)")
     if starts:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, folder, "fig1c_interactive3d")
 
 
