@@ -3,10 +3,12 @@
 Alg. 1 calls the prompt encoder and mask decoder 1 + n_steps times per iteration and, depending on
 the draws, leaves some parameters unused (box vs point embeddings, the mask-prompt encoder); this
 is what makes ``DistributedDataParallel`` fail with "marked ready twice" / unfinished reductions.
-We therefore average gradients explicitly after each backward pass: every rank all-reduces every
-trainable parameter's gradient (a missing gradient counts as zero), in flat buckets. The result is
-the gradient of the loss averaged over the global batch, identical on every rank, so parameters
-stay identical across ranks.
+We therefore average gradients explicitly after each backward pass: the ranks first agree which
+parameters got a gradient on any rank; those gradients are all-reduced in flat buckets (a rank
+without one contributes zero, as in DDP). A parameter no rank used keeps no gradient at all, so
+AdamW leaves it untouched (no weight decay, no momentum step), exactly as in a single process; a
+zero-filled gradient would move it. The result is the gradient of the loss averaged over the
+global batch, identical on every rank, so parameters stay identical across ranks.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def average_gradients(params, ctx: Context) -> None:
     if not ctx.distributed:
         return
     params = [p for p in params if p.requires_grad]
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=ctx.device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)  # used on any rank
+    params = [p for p, flag in zip(params, used.tolist()) if flag]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
