@@ -142,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     from medpipe.config import ConfigError
 
+    if getattr(args, "device", None) is not None:  # a torch job: refuse a GPU job without CUDA, log the hardware
+        from medpipe.hardware import DeviceError, job_header, require_cuda
+
+        try:
+            if args.device == "cuda":
+                require_cuda()
+        except DeviceError as exc:
+            print(f"medpipe {args.command}: {exc}", file=sys.stderr)
+            return 3
+        logging.getLogger("medpipe").info("%s", job_header(args.device))
     try:
         return int(args._run(args) or 0)
     except ConfigError as exc:  # any subcommand: the config's problems, one line each, no traceback

@@ -22,6 +22,7 @@ rule finetune:
         seed=config["seed"],
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         launcher=finetune_launcher,
+        device=device,
         config=config_snapshot,
     log:
         job_log("finetune", "{run}"),
@@ -31,7 +32,7 @@ rule finetune:
         **job_resources("finetune"),
     shell:
         "{params.launcher:q} finetune {wildcards.run:q} --config {params.config:q} --corpus {input.corpus:q} "
-        "--stores {input.stores:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "--stores {input.stores:q} --out-dir {params.out_dir:q} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule export_model:

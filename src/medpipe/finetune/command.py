@@ -1,8 +1,8 @@
 """Command line of the finetune stage: ``medpipe finetune`` runs (or resumes) one configured run.
 
 Launch it plainly (``medpipe finetune RUN ...``) for one process, or as
-``torchrun --standalone --nproc_per_node=K -m medpipe finetune RUN ...``
-for K data-parallel processes (one per GPU; gloo processes on CPU).
+``torchrun --standalone --nproc_per_node=K -m medpipe finetune RUN --device cuda ...``
+for K data-parallel processes (one per GPU; without ``--device cuda``, gloo processes on CPU).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-cache", default=None,
                         help="folder for a frozen image encoder's embeddings, shared by runs on the same encoder "
                              "(default: <results_dir>/finetune_embeddings; size: finetune.embedding_cache_gb)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: one GPU per process (NCCL), refused without a usable GPU; cpu: gloo processes")
     parser.add_argument("--die-after", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
 
 
@@ -53,7 +55,7 @@ def run_finetune(args) -> int:
     cache = args.embedding_cache or Path(config["results_dir"]) / "finetune_embeddings"
     try:
         summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
-                        die_after=args.die_after, embedding_cache=cache,
+                        die_after=args.die_after, embedding_cache=cache, device=args.device,
                         embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
     except ResumeError as exc:
         log.error("%s", exc)

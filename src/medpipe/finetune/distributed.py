@@ -38,18 +38,32 @@ class Context:
         return self.rank == 0
 
 
-def setup() -> Context:
-    """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process."""
+def setup(device: str = "cpu") -> Context:
+    """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process.
+
+    ``device`` is what the job was given: ``cuda`` (one GPU per process, NCCL) or ``cpu`` (gloo).
+    There is no fallback: a ``cuda`` job without a usable GPU stops here with a
+    :class:`~medpipe.hardware.DeviceError` naming the cause, instead of training on the CPUs.
+    """
+    from medpipe.hardware import DeviceError, require_cuda
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"finetune device must be cpu or cuda, got {device!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    if device == "cuda":
+        require_cuda()
+        if local >= torch.cuda.device_count():
+            raise DeviceError(f"rank {rank} has local rank {local} but only {torch.cuda.device_count()} GPUs are "
+                              "visible on this node (torchrun --nproc_per_node must equal the node's GPUs)")
+        torch_device = torch.device(f"cuda:{local}")
+        torch.cuda.set_device(torch_device)
+    else:
+        torch_device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Context(rank, world, local, device)
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return Context(rank, world, local, torch_device)
 
 
 def teardown(ctx: Context) -> None:
