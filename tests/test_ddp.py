@@ -33,6 +33,7 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     table, stores = make_corpus(tmp_path)
     plain = {**RUN, "e_sem": False, "weight_decay": 0.5}  # strong decay: a wrongly stepped parameter shows
     config = write_config(tmp_path, {"single": {**plain, "batch_size": 2}, "ddp": {**plain, "batch_size": 1},
+                                     "accumulated": {**plain, "batch_size": 1, "global_batch": 2},
                                      "ddp_sem": {**RUN, "batch_size": 1}})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = ["--config", str(config), "--corpus", str(table), "--stores", *map(str, stores)]
@@ -45,9 +46,10 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
 
     ddp = torchrun("ddp")
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    single = subprocess.run([sys.executable, "-m", "medpipe", "finetune", "single", "--out-dir",
-                             str(tmp_path / "single"), *common], env=env, capture_output=True, text=True, timeout=240)
-    assert single.returncode == 0, single.stderr[-4000:]
+    for run in ("single", "accumulated"):  # one process: batch 2, or batch 1 accumulated twice
+        single = subprocess.run([sys.executable, "-m", "medpipe", "finetune", run, "--out-dir", str(tmp_path / run),
+                                 *common], env=env, capture_output=True, text=True, timeout=240)
+        assert single.returncode == 0, single.stderr[-4000:]
 
     summary = json.loads((tmp_path / "ddp" / "training.json").read_text())
     assert summary["world_size"] == 2
@@ -59,6 +61,8 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     # the weights themselves: a parameter an iteration leaves unused (box corners, mask prompt
     # encoder) gets no AdamW step at all, on one process as on several (no zero-filled gradient)
     assert _max_weight_difference(tmp_path / "ddp", tmp_path / "single") < 2e-5  # zero-filled grads: > 1e-4
+    # the global batch as the experiment: 2 ranks x 1 = 1 process x batch 1 x accumulation 2
+    assert _max_weight_difference(tmp_path / "ddp", tmp_path / "accumulated") < 2e-5
 
     # with e_sem the decoder's batch norm and its batch-pooled Dice work per process (as in the
     # reference), so a DDP run is not a single process any more; its ranks must still stay in sync

@@ -298,17 +298,22 @@ def collate(samples: list[dict]) -> dict:
 class IterationBatches(torch.utils.data.Sampler):
     """Batches of global positions for iterations ``start .. stop-1``; rank r takes its shard.
 
-    Iteration ``it`` covers positions ``it*B*W .. (it+1)*B*W - 1`` of the stream (B per-rank batch,
-    W ranks); rank r takes ``it*B*W + r*B + (0..B-1)``.
+    Iteration ``it`` covers positions ``it*G .. (it+1)*G - 1`` of the stream (G = B*W*A: B per-rank
+    batch, W ranks, A micro-batches accumulated per rank); its micro-batch a on rank r takes
+    ``((it*A + a)*W + r)*B + (0..B-1)`` (A = 1: ``it*B*W + r*B + ...``), so every split of G reads
+    the same positions per iteration (:mod:`medpipe.finetune.batching`).
     """
 
-    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 accumulation: int = 1):
         self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch_size, rank, world_size
+        self.accumulation = accumulation
 
     def __iter__(self):
         for it in range(self.start, self.stop):
-            base = it * self.batch * self.world + self.rank * self.batch
-            yield list(range(base, base + self.batch))
+            for micro in range(self.accumulation):
+                base = ((it * self.accumulation + micro) * self.world + self.rank) * self.batch
+                yield list(range(base, base + self.batch))
 
     def __len__(self) -> int:
-        return max(self.stop - self.start, 0)
+        return max(self.stop - self.start, 0) * self.accumulation

@@ -73,6 +73,7 @@ class FinetuneSettings(Mapping):
     lr_decay_every: int | None
     iterations: int
     batch_size: int
+    global_batch: int | None  # images per optimiser step over all processes (medpipe.finetune.batching)
     image_prep: str
     patch_size: int
     input_size: int | None
@@ -104,6 +105,9 @@ class FinetuneSettings(Mapping):
                 raise SettingsError(f"{where}: {key} must be within [0, 1], got {self[key]}")
         if int(self.n_obj) < 1 or int(self.batch_size) < 1:
             raise SettingsError(f"{where}: n_obj and batch_size must be >= 1")
+        if self.global_batch is not None and int(self.global_batch) % int(self.batch_size):
+            raise SettingsError(f"{where}: global_batch {self.global_batch} is not a multiple of batch_size "
+                                f"{self.batch_size}")
         if self.image_prep not in IMAGE_PREPS:
             raise SettingsError(f"{where}: image_prep must be one of {IMAGE_PREPS}, got {self.image_prep!r}")
         if self.lr_decay != NO_DECAY and not (isinstance(self.lr_decay, int | float) and 0 < self.lr_decay <= 1):
@@ -203,4 +207,6 @@ RESUMABLE_CHANGES = ("iterations", "num_workers", "val_every", "checkpoint_every
 def fingerprint(settings: Mapping) -> str:
     """A hash of the settings that define the training trajectory (checked when resuming)."""
     core = {k: v for k, v in sorted(settings.items()) if k not in RESUMABLE_CHANGES}
+    if core.get("global_batch", 0) is None:  # the default: fingerprints of runs from before the knob stay valid
+        del core["global_batch"]
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
 from medpipe.finetune import distributed as D
+from medpipe.finetune.batching import iteration_groups, plan_batches, resume_refusal
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.encoder_cache import FrozenEncoder
 from medpipe.finetune.objective import (
@@ -232,6 +233,7 @@ class Run:
     start: int = 0
     best: float = float("inf")
     frozen_encoder: FrozenEncoder | None = None  # freeze: [image_encoder]
+    accumulation: int = 1  # micro-batches per rank and iteration (medpipe.finetune.batching)
 
     @property
     def sam(self):
@@ -243,7 +245,7 @@ class Run:
 
     @property
     def global_batch(self) -> int:
-        return self.settings.batch_size * self.ctx.world_size
+        return self.settings.batch_size * self.ctx.world_size * self.accumulation
 
     @property
     def latest(self) -> Path:
@@ -279,7 +281,8 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
     train_ds = CorpusSamples(train_items, store_paths, settings, seed, STREAM_TRAIN, pixels=pixels)
     val_ds = (CorpusSamples(val_items, store_paths, settings.replace(flips=False), seed, STREAM_VAL, pixels=pixels)
               if val_items else None)
-    decay_every = settings.lr_decay_every or max(len(train_items) // (settings.batch_size * ctx.world_size), 1)
+    plan = plan_batches(settings, ctx.world_size)  # the epoch (and its LR decay) in global batches: GPU-count free
+    decay_every = settings.lr_decay_every or max(len(train_items) // plan.global_batch, 1)
 
     # one AdamW over SAM and the decoder (reference: model params + decoder params); with e_sem it
     # is stepped twice per iteration, so the encoder's moments see both losses. Frozen parts are not in it.
@@ -289,7 +292,7 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, settings.decay_factor, decay_every))
     return Run(settings, ctx, Path(out_dir), seed, model, train_items, val_items, train_ds, val_ds, optimizer,
-               scheduler)
+               scheduler, accumulation=plan.accumulation)
 
 
 def resume(run: Run) -> None:
@@ -309,6 +312,9 @@ def resume(run: Run) -> None:
     if state.get("fingerprint") != expected:
         raise ResumeError(f"{run.latest}: was written with different settings (fingerprint {state.get('fingerprint')} "
                           f"!= {expected}); delete {run.out_dir} to start this run afresh")
+    refusal = resume_refusal(state, plan_batches(run.settings, run.ctx.world_size))
+    if refusal:
+        raise ResumeError(f"{run.latest}: {refusal}")
     try:
         run.model.load_state_dict(state["model_state"], strict=True)
         set_modes(run.model, run.settings.freeze)  # TinyViT: eval-mode caches follow the loaded weights
@@ -338,44 +344,53 @@ def save_checkpoint(run: Run, path: Path, iteration: int) -> None:
         "model_label": model_label(settings),
         "freeze": list(settings.freeze),
         "world_size": run.ctx.world_size,
+        "global_batch": run.global_batch,
     }
     if run.decoder is not None:
         blob["sem_decoder_config"] = run.decoder.config
     save_torch(blob, path)
 
 
-def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
-    """One iteration of Alg. 1 on this rank's batch; returns the losses averaged over ranks."""
+def train_step(run: Run, batch, iteration: int, autocast) -> dict:
+    """One iteration of Alg. 1 on this rank's batch (or list of ``accumulation`` micro-batches, whose
+    gradients add up to those of their union); returns the losses averaged over ranks."""
     settings, ctx, sam = run.settings, run.ctx, run.sam
-    k = D.global_min(batch["masks"].shape[1], ctx)
-    images = batch["image"].to(ctx.device, non_blocking=True)
-    masks = batch["masks"][:, :k].to(ctx.device).float()
+    parts = batch if isinstance(batch, list) else [batch]
+    k = D.global_min(min(part["masks"].shape[1] for part in parts), ctx)
     use_box, use_mask = D.broadcast_flags(iteration_draws(run.seed, iteration, settings.p_box, settings.p_mask), ctx)
-    rngs = _image_rngs(run.seed, STREAM_PROMPTS, batch["position"])
     lr = run.optimizer.param_groups[0]["lr"]
     run.model.zero_grad(set_to_none=True)
-    frozen = run.frozen_encoder(images) if run.frozen_encoder is not None else None
-    with autocast:
-        embeddings = sam.image_encoder(images) if frozen is None else frozen
-        losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
-                           n_steps=settings.n_steps, box_distortion=settings.box_distortion)
-    losses["loss"].backward()
+    images, frozen, rows = [], [], []
+    for part in parts:  # gradient accumulation: each micro-batch's loss counts 1 / len(parts)
+        images.append(part["image"].to(ctx.device, non_blocking=True))
+        masks = part["masks"][:, :k].to(ctx.device).float()
+        rngs = _image_rngs(run.seed, STREAM_PROMPTS, part["position"])
+        frozen.append(run.frozen_encoder(images[-1]) if run.frozen_encoder is not None else None)
+        with autocast:
+            embeddings = sam.image_encoder(images[-1]) if frozen[-1] is None else frozen[-1]
+            losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
+                               n_steps=settings.n_steps, box_distortion=settings.box_distortion)
+        (losses["loss"] / len(parts) if len(parts) > 1 else losses["loss"]).backward()
+        rows.append({key: float(value.detach()) for key, value in losses.items()})
     D.average_gradients(list(sam.parameters()), ctx)
     run.optimizer.step()
     D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
-    row = {key: float(value.detach()) for key, value in losses.items()}
+    row = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     if run.decoder is not None:  # Alg. 1 lines 37-40: own backward, a second step of the same optimiser
         run.model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by AdamW
-        foreground = batch["foreground"].to(ctx.device).float()
-        with autocast:  # the encoder runs again, with the weights of the interactive step (unless frozen)
-            again = sam.image_encoder(images) if frozen is None else frozen
-            probs = semantic_outputs(run.decoder, again, foreground.shape[-1])
-            sem_loss = semantic_dice_loss(probs, foreground)
-        sem_loss.backward()
+        sem = []
+        for part, image, embedded in zip(parts, images, frozen):
+            foreground = part["foreground"].to(ctx.device).float()
+            with autocast:  # the encoder runs again, with the weights of the interactive step (unless frozen)
+                again = sam.image_encoder(image) if embedded is None else embedded
+                probs = semantic_outputs(run.decoder, again, foreground.shape[-1])
+                sem_loss = semantic_dice_loss(probs, foreground)
+            (sem_loss / len(parts) if len(parts) > 1 else sem_loss).backward()
+            sem.append(float(sem_loss.detach()))
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
         run.optimizer.step()
         D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
-        row["sem_loss"] = float(sem_loss.detach())
+        row["sem_loss"] = float(np.mean(sem))
     run.scheduler.step()
     return {**D.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
 
@@ -430,7 +445,8 @@ def warm_frozen_encoder(run: Run) -> None:
     its share, instead of both encoding the same image at the same time; nothing else changes (the
     training reads the same entries either way)."""
     settings, ctx = run.settings, run.ctx
-    batches = IterationBatches(run.start, settings.iterations, settings.batch_size, ctx.rank, ctx.world_size)
+    batches = IterationBatches(run.start, settings.iterations, settings.batch_size, ctx.rank, ctx.world_size,
+                               run.accumulation)
     wanted = [(run.train_ds, p) for batch in batches for p in batch]
     if run.val_ds is not None and ctx.is_main:
         wanted += [(run.val_ds, p) for p in range(settings.val_batches * settings.batch_size)]
@@ -468,11 +484,13 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     metrics = MetricsLog(run.out_dir, run.start, ctx.is_main, model_label(settings))
     preemption = PreemptionFlag()
     loader = DataLoader(run.train_ds, batch_sampler=IterationBatches(run.start, settings.iterations,
-                                                                     settings.batch_size, ctx.rank, ctx.world_size),
+                                                                     settings.batch_size, ctx.rank, ctx.world_size,
+                                                                     run.accumulation),
                         num_workers=settings.num_workers, collate_fn=collate)
+    log.info("%s: %s", settings.run, plan_batches(settings, ctx.world_size).describe())
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and settings.bf16)
     progress = tqdm(total=settings.iterations, initial=run.start, desc=settings.run, disable=not ctx.is_main)
-    for iteration, batch in enumerate(loader, start=run.start):
+    for iteration, batch in enumerate(iteration_groups(loader, run.accumulation), start=run.start):
         tick = time.perf_counter()
         row = train_step(run, batch, iteration, autocast)
         done = iteration + 1
