@@ -8,11 +8,14 @@ for K data-parallel processes (one per GPU; without ``--device cuda``, gloo proc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from medpipe.config import load_config
-from medpipe.finetune.settings import resolve_run
+from medpipe.finetune.settings import SettingsError, resolve_run
+from medpipe.runlock import RunLocked, run_lock
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,14 @@ def run_finetune(args) -> int:
             raise SystemExit(f"--set {item}: unknown knob {key!r}")
         settings = settings.replace(**{key: yaml.safe_load(value)})
     cache = args.embedding_cache or Path(config["results_dir"]) / "finetune_embeddings"
+    # one trainer per run folder: rank 0 holds the lock (torchrun stops the other ranks when it exits)
+    lock = run_lock(args.out_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     try:
-        summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
-                        die_after=args.die_after, embedding_cache=cache, device=args.device,
-                        embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
-    except ResumeError as exc:
+        with lock:
+            summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
+                            die_after=args.die_after, embedding_cache=cache, device=args.device,
+                            embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
+    except (ResumeError, RunLocked, SettingsError) as exc:
         log.error("%s", exc)
         return 2
     if summary:

@@ -1,0 +1,94 @@
+"""One trainer per run folder: a second one exits at once naming the holder; a crash leaves no lock."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from medpipe import runlock
+from medpipe.runlock import RunLocked, run_lock
+
+from finetune_fixtures import TINY_RUN, write_config
+
+HOLD = ("import sys, time\nfrom medpipe.runlock import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+
+
+def _holder(tmp_path, env=None):
+    """Another process holding the lock (as a running trainer would)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_trainer_is_refused_naming_host_pid_and_slurm_job(tmp_path):
+    proc = _holder(tmp_path, {"SLURM_JOB_ID": "4711"})
+    try:
+        with pytest.raises(RunLocked) as info, run_lock(tmp_path / "run"):
+            pass
+        message = str(info.value)
+        assert f"host {socket.gethostname()}, PID {proc.pid}, SLURM job 4711" in message
+        assert "scancel 4711" in message and "\n" not in message
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_crashed_trainer_does_not_block_the_rerun(tmp_path):
+    proc = _holder(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)  # the record stays behind, the kernel's lock does not
+    proc.wait()
+    assert json.loads((tmp_path / "run" / "trainer.lock").read_text())["pid"] == proc.pid
+    with run_lock(tmp_path / "run") as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert path.read_text() == ""  # released
+    with run_lock(tmp_path / "run"):  # and taken again
+        pass
+
+
+def test_without_flock_the_record_decides(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(runlock.errno.ENOLCK, "no locks available")
+
+    monkeypatch.setattr(runlock.fcntl, "flock", no_flock)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"host": socket.gethostname(), "pid": dead.pid, "slurm_job_id": None, "since": "x"}
+    (folder / "trainer.lock").write_text(json.dumps(record))
+    with run_lock(folder):  # its process is gone: stale
+        pass
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / "trainer.lock").write_text(json.dumps({**record, "pid": live.pid}))
+        with pytest.raises(RunLocked, match=f"PID {live.pid}"), run_lock(folder):
+            pass
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_finetune_command_exits_at_once_while_another_trainer_runs(tmp_path, caplog):
+    from medpipe.cli import main
+
+    config = write_config(tmp_path, {"t": TINY_RUN})
+    proc = _holder(tmp_path)
+    try:
+        tick = time.perf_counter()
+        with caplog.at_level(logging.ERROR):
+            code = main(["finetune", "t", "--config", str(config), "--corpus", "c.tsv", "--stores",
+                         str(tmp_path / "missing.zarr"), "--out-dir", str(tmp_path / "run")])
+        assert code == 2 and time.perf_counter() - tick < 10
+        assert f"PID {proc.pid}" in caplog.text and "another trainer is running" in caplog.text
+        assert not (tmp_path / "run" / "latest.pt").exists()
+    finally:
+        proc.kill()
+        proc.wait()
