@@ -203,8 +203,9 @@ def _profile(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("path", [A100, PROFILES / "local" / "config.yaml", TEST_PROFILE],
-                         ids=["slurm-a100", "local", "test"])
+@pytest.mark.parametrize("path", [A100, PROFILES / "local" / "config.yaml", TEST_PROFILE,
+                                  PROFILES / "slurm-smoke" / "config.yaml"],
+                         ids=["slurm-a100", "local", "test", "slurm-smoke"])
 def test_every_profile_key_is_commented(path):
     """Top-level keys and rule names carry an inline comment; set-resources' leaves are explained above it."""
     lines = path.read_text().splitlines()

@@ -19,6 +19,14 @@ def _losses(path):
         return [float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "train"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _max_weight_difference(run_a, run_b) -> float:
     import torch
 
@@ -34,6 +42,7 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     plain = {**RUN, "e_sem": False, "weight_decay": 0.5}  # strong decay: a wrongly stepped parameter shows
     config = write_config(tmp_path, {"single": {**plain, "batch_size": 2}, "ddp": {**plain, "batch_size": 1},
                                      "accumulated": {**plain, "batch_size": 1, "global_batch": 2},
+                                     "two_nodes": {**plain, "batch_size": 1},
                                      "ddp_sem": {**RUN, "batch_size": 1}})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = ["--config", str(config), "--corpus", str(table), "--stores", *map(str, stores)]
@@ -63,6 +72,22 @@ def test_two_gloo_ranks_match_single_process_with_same_global_batch(tmp_path):
     assert _max_weight_difference(tmp_path / "ddp", tmp_path / "single") < 2e-5  # zero-filled grads: > 1e-4
     # the global batch as the experiment: 2 ranks x 1 = 1 process x batch 1 x accumulation 2
     assert _max_weight_difference(tmp_path / "ddp", tmp_path / "accumulated") < 2e-5
+
+    # two "nodes" of one process each, as srun starts them: one launcher per node, c10d rendezvous on
+    # the allocation's first node (loopback here), the same weights as the single-node two-rank run
+    slurm = {**env, "SLURM_JOB_ID": "4711", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "127.0.0.1",
+             "MEDPIPE_RDZV_PORT": str(_free_port())}
+    launchers = [subprocess.Popen([sys.executable, "-m", "medpipe.finetune.launch", "--nproc-per-node", "1", "--",
+                                   "finetune", "two_nodes", "--out-dir", str(tmp_path / "two_nodes"), *common],
+                                  env={**slurm, "SLURM_NODEID": str(node)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for node in range(2)]
+    for launcher in launchers:
+        out, _ = launcher.communicate(timeout=240)
+        assert launcher.returncode == 0, out[-4000:]
+    assert "--rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:" in out and "--nnodes=2 --nproc-per-node=1" in out
+    summary = json.loads((tmp_path / "two_nodes" / "training.json").read_text())
+    assert summary["world_size"] == 2 and summary["rank_divergence"] == 0.0
+    assert _max_weight_difference(tmp_path / "ddp", tmp_path / "two_nodes") < 1e-6  # same ranks, same sums
 
     # with e_sem the decoder's batch norm and its batch-pooled Dice work per process (as in the
     # reference), so a DDP run is not a single process any more; its ranks must still stay in sync

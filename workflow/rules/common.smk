@@ -148,8 +148,8 @@ def job_resources(section=None, *, mem_mb=1000, runtime=10, cpus_per_task=1):
 
 
 def device(wildcards, resources):
-    """``cuda`` for a job that was given GPUs (its `gpu` resource), else ``cpu``."""
-    return "cuda" if int(resources.gpu) > 0 else "cpu"
+    """``cuda`` for a job that was given GPUs (its `gpu` or, on several nodes, `gpus_per_node` resource), else ``cpu``."""
+    return "cuda" if int(resources.gpu) > 0 or int(getattr(resources, "gpus_per_node", 0) or 0) > 0 else "cpu"
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -211,7 +211,19 @@ def finetune_base_checkpoint(wildcards):
 
 
 def finetune_launcher(wildcards, resources):
-    """`torchrun` with one process per GPU for multi-GPU jobs; a plain process otherwise (argv words)."""
+    """`torchrun` with one process per GPU for multi-GPU jobs; a plain process otherwise (argv words).
+    On N > 1 nodes (resources `nodes`, `gpus_per_node`, `mpi`: README "Multi-node finetuning"): one
+    launcher task per node under srun, rendezvous on the allocation's first node."""
+    nodes = int(getattr(resources, "nodes", 1) or 1)
+    if nodes > 1:
+        per_node = int(getattr(resources, "gpus_per_node", 0) or 0)
+        if per_node < 1 or not getattr(resources, "mpi", None):
+            from snakemake.exceptions import WorkflowError
+
+            raise WorkflowError(f"finetune on {nodes} nodes needs the resources gpus_per_node (>= 1) and mpi "
+                                "(the job runs srun itself; README 'Multi-node finetuning')")
+        return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "python", "-m",
+                "medpipe.finetune.launch", f"--nproc-per-node={per_node}", "--"]
     gpus = int(resources.gpu)
     if gpus > 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "medpipe"]
