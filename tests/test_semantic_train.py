@@ -235,3 +235,59 @@ def test_semantic_run_writes_table_predictions_and_record(data, tmp_path):
     args.method, args.store, args.split, args.dataset = "ma_sam", str(data["store2d"]), str(data["split2d"]), "sem2d"
     with pytest.raises(ValueError, match="ma_sam is the 3D method"):
         run_command(args)
+
+
+@pytest.mark.parametrize("method,ndim", [("sam_unetr", 2), ("ma_sam", 3), ("swin_unetr", 2)])
+def test_killed_training_resumes_to_the_weights_of_an_uninterrupted_run(data, method, ndim, tmp_path):
+    """State at every validation; a run killed between two (nothing saved then) reruns to the same weights."""
+    from medpipe.semantic.train import Interrupted
+
+    store = DatasetStore(data[f"store{ndim}d"])
+    split = read_split(data[f"split{ndim}d"], store.name, store)
+    backbone = Backbone("sam_tiny", "tiny", None, "random", None)
+    settings = {**schema_defaults(method), **TINY_SEMANTIC[method], "iterations": 5, "val_every": 2}
+
+    def weights(state_path, stop_after=None):
+        _, record = run_torch(method, settings, store, split, 0, backbone, "cpu", state_path=state_path,
+                              stop_after=stop_after)
+        return record
+
+    plain = weights(tmp_path / "plain.pt")  # uninterrupted (keeps states on the way)
+    assert not (tmp_path / "plain.pt").exists()  # removed once training completed
+    with pytest.raises(Interrupted):
+        weights(tmp_path / "state.pt", stop_after=3)  # killed after iteration 3; the state is from iteration 2
+    assert torch.load(tmp_path / "state.pt", weights_only=False)["iteration"] == 2
+    resumed = weights(tmp_path / "state.pt")
+    assert resumed["history"] == plain["history"]  # every loss, validation metric and LR, exactly
+    assert resumed["parameters"] == plain["parameters"]
+
+
+def test_sigterm_checkpoints_and_exits_143(data, tmp_path, monkeypatch):
+    """SLURM's --signal lead time: SIGTERM during iteration 2 -> state of iteration 2 written, exit 143."""
+    import contextlib
+    import os
+    import signal
+
+    from medpipe.semantic import train as semantic_train
+
+    store = DatasetStore(data["store2d"])
+    split = read_split(data["split2d"], store.name, store)
+    settings = {**schema_defaults("swin_unetr"), **TINY_SEMANTIC["swin_unetr"], "iterations": 5, "val_every": 4}
+    forwards = []
+
+    class SignalOnSecondForward(contextlib.AbstractContextManager):  # the autocast context of each forward
+        def __enter__(self):
+            forwards.append(1)
+            if len(forwards) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(semantic_train, "autocast_for", lambda device: SignalOnSecondForward())
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        run_torch("swin_unetr", settings, store, split, 0, Backbone(), "cpu", state_path=tmp_path / "s.pt")
+    assert info.value.code == 143
+    assert torch.load(tmp_path / "s.pt", weights_only=False)["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) is handler  # the handler is put back

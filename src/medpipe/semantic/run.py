@@ -80,8 +80,13 @@ def build_torch_method(method: str, settings: dict, store: DatasetStore, first_c
     return TorchMethod(method, model, store.ndim, patch, None, overlap=settings["overlap"], device=device)
 
 
-def run_torch(method: str, settings: dict, store, split, seed: int, backbone: Backbone, device: str):
-    """Train on train, select on val, predict test; returns ({case: prediction}, training record)."""
+def run_torch(method: str, settings: dict, store, split, seed: int, backbone: Backbone, device: str,
+              state_path=None, stop_after: int | None = None):
+    """Train on train, select on val, predict test; returns ({case: prediction}, training record).
+    ``state_path``: the resumable training state (:func:`medpipe.semantic.train.fit`)."""
+    import hashlib
+    import json
+
     import torch
 
     from medpipe.semantic.train import TrainSettings, fit
@@ -102,8 +107,11 @@ def run_torch(method: str, settings: dict, store, split, seed: int, backbone: Ba
         val_sampler = sampler_for(split["val"], np.random.default_rng([seed, 1]))
         val_batches = [tm.to_batch(*val_sampler.batch(train_settings.batch_size))
                        for _ in range(train_settings.val_batches)]
+    fingerprint = hashlib.sha256(json.dumps([method, settings, seed, backbone.__dict__], sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
     history = fit(tm.model, lambda: tm.to_batch(*sampler.batch(train_settings.batch_size)), val_batches,
-                  train_settings, device)
+                  train_settings, device, state_path=state_path, rng=rng, fingerprint=fingerprint,
+                  stop_after=stop_after)
     predictions = {case: tm.predict(load_case(store, case)[0]) for case in split["test"]}
     n_params = sum(p.numel() for p in tm.model.parameters())
     return predictions, {"history": history, "parameters": n_params}
@@ -123,7 +131,8 @@ def run_semantic(method: str, dataset: str, store_path, split_path, seed: int, s
         predictions = run_nnunet(store, split, settings, work_dir, seed, device)
         record = {}
     else:
-        predictions, record = run_torch(method, settings, store, split, seed, backbone, device)
+        predictions, record = run_torch(method, settings, store, split, seed, backbone, device,
+                                        state_path=Path(pred_dir, "train_state.pt"))
     keys = {"method": method, "backbone": backbone.name, "decoder_init": backbone.decoder_init, "dataset": dataset,
             "seed": seed}
     rows = []

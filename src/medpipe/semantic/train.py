@@ -5,6 +5,13 @@ the lowest validation metric are the ones returned (the last ones when a dataset
 cases). Two losses (``loss``): ``reference`` is medico-sam's combined loss on sigmoid outputs with
 its Dice part as the validation metric (SAM-UNETR and MA-SAM, docs/fidelity.md); ``dice_ce`` is
 MONAI's ``DiceCELoss`` (0.5/0.5) on logits, also the validation metric (Swin UNETR).
+
+A run survives its job: with ``state_path`` the loop writes its whole state (weights, optimiser,
+scheduler, history, best weights, the sampler's and torch's random state) at every validation and
+when SIGTERM / SIGINT arrives (SLURM's ``--signal`` lead time, preemption), then exits 143; the
+rerun continues from it and ends with the weights of an uninterrupted run. The state file is
+removed when training completes. On a GPU the forward pass runs under bf16 autocast (the losses in
+float32): SAM-UNETR at batch 6 and 1024 px would otherwise keep ~68 GiB of fp32 activations.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
+from medpipe.files import load_torch, save_torch
 from medpipe.losses import reference_dice_metric, reference_semantic_loss
 
 log = logging.getLogger(__name__)
@@ -62,19 +71,53 @@ def output_activation(name: str) -> str | None:
     return "sigmoid" if name == "reference" else None
 
 
+def autocast_for(device):
+    """bf16 autocast on CUDA, nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
 @torch.no_grad()
 def validation_loss(model, batches, metric_fn, device) -> float:
     model.eval()
-    losses = [float(metric_fn(model(x.to(device)), y.to(device))) for x, y in batches]
+    with autocast_for(device):
+        outputs = [(model(x.to(device)), y) for x, y in batches]
+    losses = [float(metric_fn(out.float(), y.to(device))) for out, y in outputs]
     model.train()
     return sum(losses) / len(losses)
 
 
-def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSettings, device="cpu") -> dict:
+class Interrupted(RuntimeError):
+    """Test fault injection: the loop stopped like a killed job (nothing saved at that moment)."""
+
+
+def _save_state(path: Path, model, optimizer, scheduler, it, history, best_loss, best_state, rng, fingerprint):
+    save_torch({"iteration": it, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "best_loss": best_loss,
+                "best_state": best_state, "numpy_rng": rng.bit_generator.state if rng is not None else None,
+                "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint}, path)
+
+
+def _load_state(path: Path, fingerprint: str, device):
+    if path is None or not Path(path).exists():
+        return None
+    state = load_torch(path, map_location=device)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s was written by a run with other settings; training starts afresh", path)
+        return None
+    return state
+
+
+def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSettings, device="cpu",
+        state_path=None, rng=None, fingerprint: str = "", stop_after: int | None = None) -> dict:
     """Train ``model`` in place; ``next_batch()`` gives (x, y) with y of shape (B, 1, ...).
 
+    ``state_path``: where the resumable state is kept (None: not kept); ``rng``: the numpy generator
+    ``next_batch`` draws from, saved with it; ``fingerprint``: identifies the run's settings;
+    ``stop_after``: fault injection for tests (raise :class:`Interrupted` after that iteration).
     Returns a history ``{"train": [(iteration, loss)], "val": [(iteration, metric, lr)], "best": it}``.
     """
+    from medpipe.finetune.trainer import PREEMPTED_EXIT, PreemptionFlag
+
     model.to(device).train()
     loss_fn, metric_fn = loss_and_metric(settings.loss)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,27 +125,60 @@ def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSe
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=settings.plateau_factor, patience=settings.plateau_patience)
     history = {"train": [], "val": [], "best": None}
-    best_loss, best_state = float("inf"), None
-    bar = tqdm(range(1, settings.iterations + 1), desc="train", mininterval=5)
-    for it in bar:
-        x, y = next_batch()
-        loss = loss_fn(model(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        history["train"].append((it, value))
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        if val_batches and (it % settings.val_every == 0 or it == settings.iterations):
-            val = validation_loss(model, val_batches, metric_fn, device)
-            scheduler.step(val)
-            history["val"].append((it, val, optimizer.param_groups[0]["lr"]))
-            log.info("iteration %d: train loss %.4f, val loss %.4f, lr %.2e", it, value, val,
-                     optimizer.param_groups[0]["lr"])
-            if val < best_loss:
-                best_loss, history["best"] = val, it
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    best_loss, best_state, start = float("inf"), None, 0
+    state = _load_state(state_path, fingerprint, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_loss, best_state, start = state["history"], state["best_loss"], state["best_state"], \
+            int(state["iteration"])
+        if rng is not None and state["numpy_rng"] is not None:
+            rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        log.info("resuming from %s at iteration %d", state_path, start)
+
+    def save(it):
+        if state_path is not None:
+            _save_state(Path(state_path), model, optimizer, scheduler, it, history, best_loss, best_state, rng,
+                        fingerprint)
+
+    preemption = PreemptionFlag()
+    autocast = autocast_for(device)
+    bar = tqdm(range(start + 1, settings.iterations + 1), desc="train", mininterval=5)
+    try:
+        for it in bar:
+            x, y = next_batch()
+            with autocast:
+                out = model(x.to(device))
+            loss = loss_fn(out.float(), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            history["train"].append((it, value))
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if val_batches and (it % settings.val_every == 0 or it == settings.iterations):
+                val = validation_loss(model, val_batches, metric_fn, device)
+                scheduler.step(val)
+                history["val"].append((it, val, optimizer.param_groups[0]["lr"]))
+                log.info("iteration %d: train loss %.4f, val loss %.4f, lr %.2e", it, value, val,
+                         optimizer.param_groups[0]["lr"])
+                if val < best_loss:
+                    best_loss, history["best"] = val, it
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if it % settings.val_every == 0 or preemption.requested:
+                save(it)
+            if preemption.requested:
+                log.warning("stopping after iteration %d on request; rerun to resume from %s", it, state_path)
+                raise SystemExit(PREEMPTED_EXIT)
+            if stop_after is not None and it == stop_after:
+                raise Interrupted(f"stopped after iteration {it}")
+    finally:
+        preemption.restore()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)  # done: a rerun of a finished run starts afresh
     return history
