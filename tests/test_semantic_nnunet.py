@@ -126,3 +126,30 @@ def test_nnunet_end_to_end_trains_predicts_and_scores(data, tmp_path):
     assert len(trained) == 1 and "nnUNetTrainerMedpipe__nnUNetPlans__2d" in str(trained[0])
     assert json.loads((tmp_path / "work" / "preprocessed" / "Dataset501_sem2d" / "splits_final.json").read_text())[0][
         "val"] == ["p3_img"]
+    # a rerun (the job was cut after training) continues from nnU-Net's checkpoint instead of training again
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "nnU-Net continues from" in result.stderr and "checkpoint_final.pth" in result.stderr
+
+
+def test_a_rerun_continues_from_nnunets_own_checkpoint(tmp_path):
+    import torch
+
+    from medpipe.semantic.nnunet import augmentation_processes, load_checkpoint_weights_only, resume_checkpoint
+
+    assert resume_checkpoint(tmp_path) is None  # a fresh run
+    torch.save({"network_weights": {}, "current_epoch": 7}, tmp_path / "checkpoint_latest.pth")
+    assert resume_checkpoint(tmp_path).name == "checkpoint_latest.pth"
+    torch.save({"network_weights": {}, "current_epoch": 9}, tmp_path / "checkpoint_final.pth")
+    assert resume_checkpoint(tmp_path).name == "checkpoint_final.pth"  # as nnUNetv2_train --c picks it
+
+    class Trainer:  # nnU-Net's load_checkpoint reads the file with torch.load; ours is weights-only
+        def load_checkpoint(self, path):
+            self.loaded = torch.load(path, map_location="cpu", weights_only=False)
+
+    trainer = Trainer()
+    load_checkpoint_weights_only(trainer, resume_checkpoint(tmp_path))
+    assert trainer.loaded["current_epoch"] == 9 and torch.load is not None
+    assert torch.load.__module__.startswith("torch")  # put back
+    # augmentation workers from the job's CPUs
+    assert [augmentation_processes(c) for c in (1, 2, 8, 16)] == [0, 0, 7, 15]

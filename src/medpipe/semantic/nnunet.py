@@ -199,12 +199,54 @@ def train(dataset_id: int, configuration: str, plans_identifier: str, schedule: 
     folder = Path(nnUNet_preprocessed) / next(
         p.name for p in Path(nnUNet_preprocessed).iterdir() if p.name.startswith(f"Dataset{dataset_id:03d}_"))
     plans = load_json(str(folder / f"{plans_identifier}.json"))
-    plans["continue_training"] = False  # the trainer pops this key; a fresh run starts from scratch
+    plans["continue_training"] = False  # the trainer pops this key; we continue below ourselves
     dataset_json = load_json(str(folder / "dataset.json"))
     trainer = trainer_class(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json,
                             device=torch.device(device))
+    previous = resume_checkpoint(trainer.output_folder)
+    if previous is not None:  # a rerun after a time limit or preemption: nnU-Net's own checkpoint
+        log.info("nnU-Net continues from %s", previous)
+        load_checkpoint_weights_only(trainer, previous)
     trainer.run_training()
     return Path(trainer.output_folder_base)
+
+
+def resume_checkpoint(output_folder) -> Path | None:
+    """The checkpoint a rerun continues from, as ``nnUNetv2_train --c`` picks it: final, else latest."""
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        path = Path(output_folder) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def load_checkpoint_weights_only(trainer, path: Path) -> None:
+    """``trainer.load_checkpoint(path)`` with medpipe's weights-only read instead of its ``torch.load``."""
+    import torch
+
+    from medpipe.files import load_torch
+
+    original = torch.load
+
+    def read(file, map_location=None, weights_only=None):
+        torch.load = original  # load_torch's own torch.load
+        try:
+            return load_torch(file, map_location=map_location or "cpu", numpy_scalars=True)
+        finally:
+            torch.load = read
+
+    torch.load = read
+    try:
+        trainer.load_checkpoint(str(path))
+    finally:
+        torch.load = original
+
+
+def augmentation_processes(cpus: int | None = None) -> int:
+    """nnU-Net's augmentation workers (``nnUNet_n_proc_DA``) from the job's CPUs: one CPU stays with
+    the training process; with 2 CPUs or fewer augmentation runs in the main process (fastest there)."""
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    return 0 if cpus <= 2 else cpus - 1
 
 
 def load_trained_model(predictor, model_folder, fold: int = 0, checkpoint_name: str = "checkpoint_final.pth"):
@@ -278,7 +320,7 @@ def read_prediction(path, ndim: int, mapping: dict[int, int]) -> np.ndarray:
 def run_nnunet(store: DatasetStore, split: dict, settings: dict, work_dir, seed: int,
                device: str) -> dict[str, np.ndarray]:
     """The whole nnU-Net pipeline for one dataset; returns test predictions by case id."""
-    configure_environment(work_dir)
+    configure_environment(work_dir, n_proc_da=augmentation_processes())
     raw = convert_to_raw(store, split, Path(work_dir) / "raw")
     configuration = configuration_for(store)
     plans_identifier = plan_and_preprocess(DATASET_ID, settings["planner"], configuration,

@@ -21,4 +21,5 @@ class nnUNetTrainerMedpipe(nnUNetTrainer):
         self.num_iterations_per_epoch = int(os.environ.get("MEDPIPE_NNUNET_ITERATIONS", self.num_iterations_per_epoch))
         self.num_val_iterations_per_epoch = int(
             os.environ.get("MEDPIPE_NNUNET_VAL_ITERATIONS", self.num_val_iterations_per_epoch))
-        self.save_every = max(1, min(self.save_every, self.num_epochs))
+        # checkpoint_latest.pth every 10 epochs (nnU-Net: 50): a job cut by its time limit loses less
+        self.save_every = max(1, min(10, self.num_epochs))
