@@ -28,6 +28,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "medpipe.cli", "add_validate_config_arguments", "run_validate_config",
         "validate a config file against the schema and print it with defaults",
     ),
+    "check-data": Subcommand(
+        "medpipe.checkdata", "add_check_data_arguments", "run_check_data",
+        "for every dataset at once: files its globs match, cases that pair, what ingest would quarantine",
+    ),
+    "placeholder-tree": Subcommand(
+        "medpipe.checkdata", "add_placeholder_tree_arguments", "run_placeholder_tree",
+        "empty files matching a study config's globs and a config copy pointing at them (dry-run the study DAG)",
+    ),
     "synth": Subcommand(
         "medpipe.synth.command", "add_synth_arguments", "run_synth",
         "generate a demo raw dataset in real file formats",
