@@ -291,3 +291,28 @@ def test_sigterm_checkpoints_and_exits_143(data, tmp_path, monkeypatch):
     assert info.value.code == 143
     assert torch.load(tmp_path / "s.pt", weights_only=False)["iteration"] == 2
     assert signal.getsignal(signal.SIGTERM) is handler  # the handler is put back
+
+
+def test_prefetched_batches_are_those_of_a_plain_loop_with_their_generator_states():
+    from medpipe.semantic.train import BatchPrefetcher, prefetch_depth
+
+    plain_rng, rng = np.random.default_rng(5), np.random.default_rng(5)
+    plain = []
+    for _ in range(6):
+        plain.append((plain_rng.integers(100, size=3), plain_rng.bit_generator.state))
+    loader = BatchPrefetcher(lambda: rng.integers(100, size=3), rng, 6, depth=3)
+    try:
+        for batch, state in plain:
+            got, got_state = loader.get()
+            assert np.array_equal(got, batch) and got_state == state  # the state right after this batch
+    finally:
+        loader.close()
+    assert [prefetch_depth(c) for c in (1, 2, 8, 64)] == [1, 1, 4, 4]
+
+    def broken():
+        raise ValueError("bad case")
+
+    failing = BatchPrefetcher(broken, None, 2, depth=1)
+    with pytest.raises(ValueError, match="bad case"):
+        failing.get()
+    failing.close()

@@ -12,12 +12,21 @@ when SIGTERM / SIGINT arrives (SLURM's ``--signal`` lead time, preemption), then
 rerun continues from it and ends with the weights of an uninterrupted run. The state file is
 removed when training completes. On a GPU the forward pass runs under bf16 autocast (the losses in
 float32): SAM-UNETR at batch 6 and 1024 px would otherwise keep ~68 GiB of fp32 activations.
+
+Batches are read ahead by a loader thread (:class:`BatchPrefetcher`, as many batches ahead as the
+job has CPUs beyond the first, up to 4), so reading and resizing overlap the GPU step. It draws
+them in order from the one sampler generator, so the batches are those of a plain loop, and it
+records the generator's state after each batch: the saved state is that of the last trained
+batch, not of the read-ahead.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +95,56 @@ def validation_loss(model, batches, metric_fn, device) -> float:
     return sum(losses) / len(losses)
 
 
+class BatchPrefetcher:
+    """``count`` batches of ``next_batch()`` read ahead by one thread, in order, each with the state of
+    ``rng`` right after it was drawn (for the resumable state)."""
+
+    def __init__(self, next_batch, rng, count: int, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(next_batch, rng, count), daemon=True)
+        self._thread.start()
+
+    def _fill(self, next_batch, rng, count):
+        try:
+            for _ in range(count):
+                item = (next_batch(), copy.deepcopy(rng.bit_generator.state) if rng is not None else None)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the training loop, which raises it
+            self._queue.put((exc, None))
+
+    def get(self):
+        batch, state = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        return batch, state
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def prefetch_depth(cpus: int | None = None) -> int:
+    """Batches read ahead: the job's CPUs beyond the training process's own, at least 1, at most 4."""
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    return max(1, min(cpus - 1, 4))
+
+
 class Interrupted(RuntimeError):
     """Test fault injection: the loop stopped like a killed job (nothing saved at that moment)."""
 
 
-def _save_state(path: Path, model, optimizer, scheduler, it, history, best_loss, best_state, rng, fingerprint):
+def _save_state(path: Path, model, optimizer, scheduler, it, history, best_loss, best_state, rng_state, fingerprint):
     save_torch({"iteration": it, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "best_loss": best_loss,
-                "best_state": best_state, "numpy_rng": rng.bit_generator.state if rng is not None else None,
+                "best_state": best_state, "numpy_rng": rng_state,
                 "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint}, path)
 
 
@@ -138,17 +189,20 @@ def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSe
         torch.set_rng_state(state["torch_rng"].cpu())
         log.info("resuming from %s at iteration %d", state_path, start)
 
+    rng_state = copy.deepcopy(rng.bit_generator.state) if rng is not None else None
+
     def save(it):
         if state_path is not None:
-            _save_state(Path(state_path), model, optimizer, scheduler, it, history, best_loss, best_state, rng,
+            _save_state(Path(state_path), model, optimizer, scheduler, it, history, best_loss, best_state, rng_state,
                         fingerprint)
 
     preemption = PreemptionFlag()
     autocast = autocast_for(device)
+    loader = BatchPrefetcher(next_batch, rng, max(settings.iterations - start, 0), prefetch_depth())
     bar = tqdm(range(start + 1, settings.iterations + 1), desc="train", mininterval=5)
     try:
         for it in bar:
-            x, y = next_batch()
+            (x, y), rng_state = loader.get()
             with autocast:
                 out = model(x.to(device))
             loss = loss_fn(out.float(), y.to(device))
@@ -175,6 +229,7 @@ def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSe
             if stop_after is not None and it == stop_after:
                 raise Interrupted(f"stopped after iteration {it}")
     finally:
+        loader.close()
         preemption.restore()
     if best_state is not None:
         model.load_state_dict(best_state)
