@@ -197,7 +197,7 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSet
     batch = settings.batch_size
     inter, sem = [], []
     for index in range(settings.val_batches):
-        data = collate([dataset[p] for p in range(index * batch, (index + 1) * batch)])
+        data = dataset.to_device(collate([dataset[p] for p in range(index * batch, (index + 1) * batch)]), device)
         images, masks = data["image"].to(device), data["masks"].to(device).float()
         embeddings = encode(images)
         rngs = _image_rngs(seed, STREAM_VAL_PROMPTS, data["position"])
@@ -347,6 +347,7 @@ def save_checkpoint(run: Run, path: Path, iteration: int) -> None:
 def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
     """One iteration of Alg. 1 on this rank's batch; returns the losses averaged over ranks."""
     settings, ctx, sam = run.settings, run.ctx, run.sam
+    batch = run.train_ds.to_device(batch, ctx.device)  # lean uint8 batch -> model inputs, on the device
     k = D.global_min(batch["masks"].shape[1], ctx)
     images = batch["image"].to(ctx.device, non_blocking=True)
     masks = batch["masks"][:, :k].to(ctx.device).float()
@@ -439,7 +440,7 @@ def warm_frozen_encoder(run: Run) -> None:
         if run.frozen_encoder.full:  # no room left: training encodes the rest as it meets them
             break
         dataset, position = wanted[index]
-        run.frozen_encoder(dataset[position]["image"][None].to(ctx.device))
+        run.frozen_encoder(dataset.to_device(collate([dataset[position]]), ctx.device)["image"])
 
 
 def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
