@@ -219,6 +219,8 @@ def corpus_rows(table, split: str, variant: str) -> dict[str, tuple[np.ndarray, 
 def sampled_indices(size: int, target: int) -> np.ndarray:
     """The source rows (or columns) a nearest-exact resize from ``size`` to ``target`` pixels picks,
     from torch's own kernel: :func:`resize_label` of a map equals indexing it with these (tested)."""
+    if target < 1:  # an image too thin to resize: nothing is left of it
+        return np.zeros(0, dtype=np.int64)
     grid = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1)
     picked = F.interpolate(grid, size=(target, 1), mode="nearest-exact")[0, 0, :, 0].to(torch.int64).numpy()
     picked.setflags(write=False)
