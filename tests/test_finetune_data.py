@@ -9,12 +9,11 @@ equal prompts.
 
 from __future__ import annotations
 
+import legacy_samples as legacy
 import numpy as np
 import pytest
 import torch
 
-import legacy_samples as legacy
-from finetune_fixtures import make_corpus, tiny_settings, write_store
 from medpipe.data.objects import ObjectTable
 from medpipe.finetune.command import store_map
 from medpipe.finetune.data import (
@@ -29,6 +28,8 @@ from medpipe.finetune.data import (
 )
 from medpipe.models.transforms import PIXEL_STD, SAM_PIXELS, resize_label, resized_shape
 from medpipe.store import DatasetStore
+
+from finetune_fixtures import make_corpus, tiny_settings, write_store
 
 # the frame is handed over rounded to uint8 (<= 0.5 grey levels); SAM's bilinear resize is a convex
 # combination, so the model input differs from today's by at most 0.5 / std per channel
@@ -113,7 +114,7 @@ def test_samples_equal_todays_at_every_position(tmp_path, prep, flips):
 def _random_case(rng, shape, colour, dtype):
     label = np.zeros(shape, np.uint8)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for i in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(1, 7))):
         cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(1, 12)
         label[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(1, 4)
     label[0, 0] = 1
