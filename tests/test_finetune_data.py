@@ -221,3 +221,21 @@ def test_object_table_built_from_labels_matches_the_stored_kind(tmp_path):
     direct = ObjectTable.build([(row, -1, store.label(c)) for row, c in enumerate(store.case_ids)], instances=False)
     for name, values in direct.to_arrays().items():
         assert np.array_equal(values, built.to_arrays()[name])
+
+
+def test_the_process_group_gets_the_configured_timeout(monkeypatch):
+    from datetime import timedelta
+
+    from medpipe.config import validate_config
+    from medpipe.finetune import distributed as D
+
+    seen = {}
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    config = validate_config({"datasets": {"d": {"modality": "ct", "ndim": 2, "images": "x", "labels": "y",
+                                                 "classes": {1: "a"}}}})
+    ctx = D.setup(config["finetune"]["process_group_timeout_s"])
+    assert ctx.rank == 1 and ctx.world_size == 2
+    assert seen["timeout"] == timedelta(seconds=1800) and seen["backend"] in ("gloo", "nccl")

@@ -54,7 +54,8 @@ def run_finetune(args) -> int:
     try:
         summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
                         die_after=args.die_after, embedding_cache=cache,
-                        embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
+                        embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9,
+                        process_group_timeout_s=float(config["finetune"]["process_group_timeout_s"]))
     except ResumeError as exc:
         log.error("%s", exc)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -36,8 +37,10 @@ class Context:
         return self.rank == 0
 
 
-def setup() -> Context:
-    """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process."""
+def setup(timeout_s: float | None = None) -> Context:
+    """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process.
+    ``timeout_s``: how long a collective waits for the other ranks before failing
+    (``finetune.process_group_timeout_s``) instead of the backend's default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -46,7 +49,8 @@ def setup() -> Context:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        timeout = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if cuda else "gloo", **timeout)
     return Context(rank, world, local, device)
 
 

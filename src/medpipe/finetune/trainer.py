@@ -444,15 +444,17 @@ def warm_frozen_encoder(run: Run) -> None:
 
 
 def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
-          die_after: int | None = None, embedding_cache=None, embedding_cache_bytes: float = 0) -> dict:
+          die_after: int | None = None, embedding_cache=None, embedding_cache_bytes: float = 0,
+          process_group_timeout_s: float | None = None) -> dict:
     """Run (or continue) one finetune run; returns the summary written to ``training.json``.
 
     ``settings`` is a :class:`FinetuneSettings` (or a mapping of its fields). ``die_after``: fault
     injection for tests, SIGKILL this process once that many iterations are done (after any
     checkpoint of that iteration). ``embedding_cache``: the folder a frozen image encoder's
     embeddings are kept in (up to ``embedding_cache_bytes``), shared by runs on the same encoder.
+    ``process_group_timeout_s``: how long a rank waits in a collective (:func:`D.setup`).
     """
-    ctx = D.setup()
+    ctx = D.setup(process_group_timeout_s)
     if ctx.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     D.barrier(ctx)
