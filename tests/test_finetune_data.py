@@ -239,3 +239,18 @@ def test_the_process_group_gets_the_configured_timeout(monkeypatch):
     ctx = D.setup(config["finetune"]["process_group_timeout_s"])
     assert ctx.rank == 1 and ctx.world_size == 2
     assert seen["timeout"] == timedelta(seconds=1800) and seen["backend"] in ("gloo", "nccl")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_grey_frames_are_normalised_on_one_channel_as_on_three(dtype):
+    """The worker's one-channel shortcut gives today's three-channel percentile normalisation."""
+    from medpipe.finetune.data import _grey_normalize
+    from medpipe.models.transforms import percentile_normalize, to_three_channels
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        values = rng.normal(100, 60, (h, w)) * (rng.random((h, w)) < 0.7)  # many zeros, like padding
+        image = np.clip(values, 0, None).astype(dtype) if dtype in (np.uint8, np.uint16) else values.astype(dtype)
+        expected = percentile_normalize(to_three_channels(image))[..., 0]
+        assert np.allclose(_grey_normalize(image), expected, rtol=0, atol=1e-4)

@@ -372,6 +372,36 @@ def _object_map(instances: np.ndarray, count: int, foreground: np.ndarray, n_obj
     return objects, len(chosen)
 
 
+def _order_statistics(values: np.ndarray, ranks: list[int]) -> np.ndarray:
+    """The ``ranks``-th smallest of ``values`` (float64): a histogram for integer images, else a partition."""
+    flat = values.ravel()
+    if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2:
+        low = int(flat.min())
+        cumulative = np.cumsum(np.bincount(flat.astype(np.int64) - low))
+        return (np.searchsorted(cumulative, np.asarray(ranks), side="right") + low).astype(np.float64)
+    return np.partition(flat.astype(np.float32, copy=False), ranks)[ranks].astype(np.float64)
+
+
+def _grey_normalize(values: np.ndarray, repeats: int = 3, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+    """:func:`percentile_normalize` of a grey image repeated to ``repeats`` channels, computed on one
+    channel (H, W): the percentiles of the repeated values from order statistics of the single
+    channel (numpy's linear rule), so the three-channel work is not done three times. Equal to the
+    three-channel result up to float rounding of the percentiles (~1e-12)."""
+    n = values.size * repeats
+    picks = []
+    for q in (lower / 100, upper / 100):
+        virtual = q * (n - 1)
+        below = int(np.floor(virtual))
+        picks.append((below // repeats, min(below + 1, n - 1) // repeats, virtual - below))
+    ranks = sorted({rank for a, b, _ in picks for rank in (a, b)})
+    order = dict(zip(ranks, _order_statistics(values, ranks).tolist()))
+    lo, hi = (np.float64(order[a] + (order[b] - order[a]) * gamma) for a, b, gamma in picks)
+    image = np.asarray(values, dtype=np.float32)
+    if hi <= lo:
+        return np.zeros_like(image)
+    return (np.clip((image - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.float32)
+
+
 def _to_uint8(frame: np.ndarray) -> np.ndarray:
     """A (H, W, 3) 0-255 float frame -> (C, H, W) uint8, one channel when the three are equal."""
     frame = np.rint(frame).astype(np.uint8)
@@ -415,7 +445,10 @@ def _lean_crop(image, label, instances, rng, patch_size, input_size, n_obj, min_
     objects[(objects == 0) & (label > 0)] = FOREGROUND
     h, w = objects.shape
     frame = np.zeros((3, patch_size, patch_size), dtype=np.uint8)
-    pixels = _to_uint8(percentile_normalize(to_three_channels(image)))
+    if image.ndim == 2 or image.shape[-1] == 1:
+        pixels = np.rint(_grey_normalize(image.reshape(image.shape[:2]))).astype(np.uint8)[None]
+    else:
+        pixels = _to_uint8(percentile_normalize(to_three_channels(image)))
     frame = frame[:pixels.shape[0]]
     frame[:, :h, :w] = pixels
     padded = np.zeros((patch_size, patch_size), dtype=np.uint8)
@@ -438,11 +471,16 @@ def _lean_resize(image, label, instances, count, rng, patch_size, n_obj, flips, 
     if not inst.any():  # every object vanished at this size: the components of the resized label
         small, count = objects_of(_resized(label, patch_size).astype(np.int32), 1, stored_instances)
         inst = _centre_pad(small, patch_size)
-    frame = torch.from_numpy(percentile_normalize(to_three_channels(image))).permute(2, 0, 1)
-    frame = centre_pad(resize_image(frame, patch_size), patch_size)
-    frame = percentile_normalize(frame.permute(1, 2, 0).numpy())
+    if image.ndim == 2 or image.shape[-1] == 1:  # grey: one channel stands for the three equal ones
+        frame = torch.from_numpy(_grey_normalize(image.reshape(image.shape[:2])))[None]
+        frame = centre_pad(resize_image(frame, patch_size), patch_size)
+        frame = np.rint(_grey_normalize(frame[0].numpy())).astype(np.uint8)[None]
+    else:
+        frame = torch.from_numpy(percentile_normalize(to_three_channels(image))).permute(2, 0, 1)
+        frame = centre_pad(resize_image(frame, patch_size), patch_size)
+        frame = _to_uint8(percentile_normalize(frame.permute(1, 2, 0).numpy()))
     objects, k = _object_map(inst, count, foreground, n_obj, rng)
-    return {"image": _to_uint8(frame), "objects": objects, "count": k, "size": (patch_size, patch_size)}
+    return {"image": frame, "objects": objects, "count": k, "size": (patch_size, patch_size)}
 
 
 def lean_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, patch_size: int,
