@@ -78,6 +78,8 @@ def test_start_up_reads_the_stored_object_table_and_no_label(tmp_path, monkeypat
     tables = {name: load_object_table(DatasetStore(path)) for name, path in paths.items()}
     expected = [(i.dataset, i.case_id, i.z) for i in build_items(table, paths, "train", "full", 10, 32)]
     monkeypatch.setattr(DatasetStore, "object_table", lambda self: tables[self.name])
+    monkeypatch.setattr("medpipe.finetune.data._IMAGES", {})  # a fresh process
+    monkeypatch.setattr("medpipe.finetune.data._CASE_INDEX", {})
 
     def no_label(*args, **kwargs):
         raise AssertionError("start-up read a label")
@@ -86,7 +88,8 @@ def test_start_up_reads_the_stored_object_table_and_no_label(tmp_path, monkeypat
     monkeypatch.setattr(DatasetStore, "label_array", no_label)
     items = build_items(table, paths, "train", "full", 10, 32)
     assert [(i.dataset, i.case_id, i.z) for i in items] == expected
-    assert items.dataset.dtype == np.int32 and items.case_id.dtype.kind == "S" and items.z.dtype == np.int32
+    assert items.dataset.dtype == np.int32 and items.case.dtype == np.int32 and items.z.dtype == np.int32
+    assert all(ids.dtype.kind == "S" for ids in items.case_ids)
     assert set(items.z.tolist()) == {-1, 0, 2}  # 2D cases and the labelled slices of the volumes
 
 
@@ -212,12 +215,18 @@ def test_a_corpus_case_missing_from_its_store_is_named(tmp_path):
         build_items(table, paths, "train", "full", 1)
 
 
-def test_object_table_built_from_labels_matches_the_stored_kind(tmp_path):
-    """An old store (no table) is scanned once; the table equals ObjectTable.build on its labels."""
+def test_an_old_store_is_scanned_once(tmp_path, monkeypatch):
+    """An old store (no table) is scanned once per start-up (train and val items); the table equals
+    ObjectTable.build on its labels."""
     table, paths = _vanishing_corpus(tmp_path)
     store = DatasetStore(paths["v"])
+    reads = []
+    label = DatasetStore.label
+    monkeypatch.setattr(DatasetStore, "label", lambda self, case: reads.append(case) or label(self, case))
+    build_items(table, paths, "train", "full", 1, 20)
+    build_items(table, paths, "val", "full", 1, 20)
+    assert sorted(reads) == sorted(store.case_ids)  # each label once
     built = load_object_table(store)
-    assert load_object_table(store) is built  # once per process
     direct = ObjectTable.build([(row, -1, store.label(c)) for row, c in enumerate(store.case_ids)], instances=False)
     for name, values in direct.to_arrays().items():
         assert np.array_equal(values, built.to_arrays()[name])

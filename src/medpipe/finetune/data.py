@@ -125,14 +125,15 @@ def corpus_cases(table, split: str, variant: str) -> pd.DataFrame:
 @dataclass(frozen=True)
 class TrainingItems(Sequence):
     """The training images of one split as numpy arrays (no Python object per image): per item its
-    dataset (an index into ``datasets``), case id (UTF-8 bytes), row in the store's case index and
-    slice (-1 for a 2D case). Forked loader workers share these pages instead of copying millions
-    of objects. Reads like a sequence of :class:`Item`."""
+    dataset (an index into ``datasets``), row in that store's case index and slice (-1 for a 2D
+    case); ``case_ids`` holds each store's case index once (UTF-8 bytes), shared by the train and
+    val items. Forked loader workers share these pages instead of copying millions of objects.
+    Reads like a sequence of :class:`Item`."""
 
     datasets: tuple[str, ...]
+    case_ids: tuple[np.ndarray, ...]  # per dataset: its store's case ids (bytes), sorted
     dataset: np.ndarray  # int32
-    case_id: np.ndarray  # bytes (S)
-    case: np.ndarray  # int64, -1 where not known (items given as a list)
+    case: np.ndarray  # int32, row in case_ids[dataset]
     z: np.ndarray  # int32, -1 for a 2D case
 
     def __len__(self) -> int:
@@ -141,39 +142,67 @@ class TrainingItems(Sequence):
     def __getitem__(self, index):
         if not isinstance(index, int | np.integer):
             raise TypeError("TrainingItems: index with an integer")
-        z = int(self.z[index])
-        return Item(self.datasets[int(self.dataset[index])], self.case_id[index].decode(), None if z < 0 else z)
+        d, z = int(self.dataset[index]), int(self.z[index])
+        return Item(self.datasets[d], self.case_ids[d][int(self.case[index])].decode(), None if z < 0 else z)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.dataset, self.case_id, self.case, self.z))
+        """Bytes of the arrays (per-item arrays and the case indexes they refer to)."""
+        return sum(a.nbytes for a in (self.dataset, self.case, self.z, *self.case_ids))
 
     @classmethod
     def from_items(cls, items) -> TrainingItems:
         """From a list of :class:`Item` (small corpora, tests)."""
         datasets = tuple(sorted({item.dataset for item in items}))
-        ids = [item.case_id.encode() for item in items]
-        return cls(datasets, np.array([datasets.index(i.dataset) for i in items], dtype=np.int32),
-                   np.array(ids, dtype=bytes if ids else "S1"), np.full(len(items), -1, dtype=np.int64),
-                   np.array([-1 if i.z is None else i.z for i in items], dtype=np.int32))
-
-
-_TABLES: dict[tuple[str, int], ObjectTable] = {}
+        case_ids = tuple(np.unique(np.array([i.case_id.encode() for i in items if i.dataset == name], dtype=bytes))
+                         for name in datasets)
+        dataset = np.array([datasets.index(i.dataset) for i in items], dtype=np.int32)
+        case = np.array([np.searchsorted(case_ids[d], i.case_id.encode()) for d, i in zip(dataset, items)],
+                        dtype=np.int32)
+        return cls(datasets, case_ids, dataset, case, np.array([-1 if i.z is None else i.z for i in items],
+                                                               dtype=np.int32))
 
 
 def load_object_table(store: DatasetStore) -> ObjectTable:
     """The store's object table (written by ingest); for a store written before ingest kept one,
-    built once per process from its labels (a warning says so: that scan is what made start-up take
-    hours on the whole corpus; re-ingest to avoid it)."""
+    built from its labels, with a warning (that scan is what made start-up take hours on the whole
+    corpus; re-ingest to avoid it). Start-up calls it once per store (:func:`store_images`)."""
     table = store.object_table()
     if table is not None:
         return table
-    key = (str(store.path.resolve()), (store.path / "zarr.json").stat().st_mtime_ns)
-    if key not in _TABLES:
-        log.warning("%s: the store has no object table (written before ingest kept one); scanning its %d cases' "
-                    "labels once (re-ingest the dataset to start without a label scan)", store.path, store.case_count)
-        _TABLES[key] = ObjectTable.build(_labelled_images(store), instances=store.label_kind == "instances")
-    return _TABLES[key]
+    log.warning("%s: the store has no object table (written before ingest kept one); scanning its %d cases' "
+                "labels once (re-ingest the dataset to start without a label scan)", store.path, store.case_count)
+    return ObjectTable.build(_labelled_images(store), instances=store.label_kind == "instances")
+
+
+# per process, per store (path, its zarr.json's mtime): its case index, and the (case row, z) of its
+# training images per (min_object_px, frame); the train and val items of a run share them, and the
+# object table is read once and dropped (at 3.7 M images its arrays are ~0.6 GB)
+_CASE_INDEX: dict[tuple, np.ndarray] = {}
+_IMAGES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _store_key(store: DatasetStore) -> tuple:
+    return str(store.path.resolve()), (store.path / "zarr.json").stat().st_mtime_ns
+
+
+def store_case_ids(store: DatasetStore) -> np.ndarray:
+    """The store's case ids (bytes, sorted), read once per process."""
+    key = _store_key(store)
+    if key not in _CASE_INDEX:
+        _CASE_INDEX[key] = store.case_index()[0]
+    return _CASE_INDEX[key]
+
+
+def store_images(store: DatasetStore, min_object_px: int, frame: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(case rows, z)`` (int32) of the store's training images (:func:`training_images` of its
+    object table), computed once per process and setting."""
+    key = (*_store_key(store), int(min_object_px), frame)
+    if key not in _IMAGES:
+        table = load_object_table(store)
+        rows = training_images(table, min_object_px, frame)
+        _IMAGES[key] = (table.case[rows].astype(np.int32), table.z[rows].astype(np.int32))
+    return _IMAGES[key]
 
 
 def _labelled_images(store: DatasetStore):
@@ -227,40 +256,35 @@ def sampled_indices(size: int, target: int) -> np.ndarray:
     return picked
 
 
-def _hits(starts: np.ndarray, stops: np.ndarray, sizes: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Whether the resize of each extent ``sizes`` -> ``targets`` picks an index in [start, stop)."""
-    out = np.ones(len(starts), dtype=bool)
-    shrunk = targets < sizes
-    pairs = np.stack([sizes[shrunk], targets[shrunk]], axis=1)
-    where = np.flatnonzero(shrunk)
-    if not len(where):
-        return out
-    unique, group = np.unique(pairs, axis=0, return_inverse=True)
-    group = group.reshape(-1)
-    for g, (size, target) in enumerate(unique.tolist()):
-        members = where[group == g]
-        picked = sampled_indices(size, target)
-        out[members] = np.searchsorted(picked, stops[members]) > np.searchsorted(picked, starts[members])
-    return out
-
-
 def may_survive(table: ObjectTable, frame: int) -> np.ndarray:
     """Per image: whether some labelled pixel can be left after resizing the image (longest side) to
     ``frame`` pixels, decided from the bounding boxes. False is exact (every object's box misses the
     rows or the columns the nearest resize picks: the image has nothing left, as a label scan would
     find); True may still lose everything (a thin, sparse object), which the sample rejects at load
-    time (:class:`CorpusSamples`)."""
+    time (:class:`CorpusSamples`). Images are taken by size (a few hundred sizes in SA-Med2D), so the
+    per-object work is only for images that shrink."""
+    out = np.ones(len(table), dtype=bool)
     if not len(table):
-        return np.zeros(0, dtype=bool)
-    height, width = table.height.astype(np.int64), table.width.astype(np.int64)
-    scale = frame / np.maximum(height, width)
-    new_h = (height * scale + 0.5).astype(np.int64)  # resized_shape's rule (ResizeLongestSide)
-    new_w = (width * scale + 0.5).astype(np.int64)
-    image_of = np.repeat(np.arange(len(table)), table.count)
-    box = table.bbox.astype(np.int64)
-    rows = _hits(box[:, 0], box[:, 2], height[image_of], new_h[image_of])
-    cols = _hits(box[:, 1], box[:, 3], width[image_of], new_w[image_of])
-    return np.maximum.reduceat((rows & cols).astype(np.uint8), table.first.astype(np.int64)) > 0
+        return out
+    sizes = table.height.astype(np.int64) << 32 | table.width.astype(np.int64)
+    unique, inverse = np.unique(sizes, return_inverse=True)
+    order = np.argsort(inverse.reshape(-1), kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse.reshape(-1), minlength=len(unique)))])
+    for g, key in enumerate(unique.tolist()):
+        height, width = key >> 32, key & 0xFFFFFFFF
+        new_h, new_w = resized_shape((height, width), frame)
+        if new_h >= height and new_w >= width:  # not shrunk: every pixel is kept
+            continue
+        images = order[bounds[g]:bounds[g + 1]]
+        counts = table.count[images].astype(np.int64)
+        starts = np.repeat(table.first[images].astype(np.int64) - np.cumsum(counts) + counts, counts)
+        objects = starts + np.arange(int(counts.sum()))  # the objects of these images, image by image
+        box = table.bbox[objects]
+        rows, cols = sampled_indices(height, new_h), sampled_indices(width, new_w)
+        hit = ((np.searchsorted(rows, box[:, 2]) > np.searchsorted(rows, box[:, 0]))
+               & (np.searchsorted(cols, box[:, 3]) > np.searchsorted(cols, box[:, 1])))
+        out[images] = np.add.reduceat(hit, np.cumsum(counts) - counts) > 0
+    return out
 
 
 def training_images(table: ObjectTable, min_object_px: int, frame: int | None) -> np.ndarray:
@@ -286,34 +310,39 @@ def build_items(table, store_paths: dict[str, str], split: str, variant: str, mi
     """
     selected = corpus_rows(table, split, variant)
     names = sorted(selected)
-    parts = []
+    missing = [name for name in names if name not in store_paths]
+    if missing:
+        raise CorpusError(f"{table}: dataset {missing[0]!r} has no store among {sorted(store_paths)}")
+    case_ids, parts, n_cases = [], [], 0
     for code, name in enumerate(names):
-        if name not in store_paths:
-            raise CorpusError(f"{table}: dataset {name!r} has no store among {sorted(store_paths)}")
         store = DatasetStore(store_paths[name])
-        ids, table_rows = selected[name]
-        cases, _ = store.case_index()
+        ids, table_rows = selected.pop(name)
+        n_cases += len(ids)
+        cases = store_case_ids(store)
         where = np.clip(np.searchsorted(cases, ids), 0, max(len(cases) - 1, 0))
         found = (cases[where] == ids) if len(cases) else np.zeros(len(ids), dtype=bool)
         if not found.all():
-            missing = [v.decode() for v in ids[~found][:5].tolist()]
-            raise CorpusError(f"{table}: cases of dataset {name!r} are not in its store {store.path}, e.g. {missing}")
+            absent = [v.decode() for v in ids[~found][:5].tolist()]
+            raise CorpusError(f"{table}: cases of dataset {name!r} are not in its store {store.path}, e.g. {absent}")
+        del ids, found
         position = np.full(len(cases), -1, dtype=np.int64)
         position[where] = table_rows
-        objects = load_object_table(store)
-        images = training_images(objects, min_object_px, frame)
-        images = images[position[objects.case[images]] >= 0]
-        case = objects.case[images]
-        parts.append((np.full(len(images), code, dtype=np.int32), cases[case], case, objects.z[images],
-                      position[case]))
+        del where, table_rows
+        case, z = store_images(store, min_object_px, frame)
+        chosen = position[case] >= 0
+        parts.append((np.full(int(chosen.sum()), code, dtype=np.int32), case[chosen], z[chosen],
+                      position[case[chosen]]))
+        case_ids.append(cases)
     if not parts:
         items = TrainingItems.from_items([])
     else:
-        dataset, case_id, case, z, position = (np.concatenate([p[i] for p in parts]) for i in range(5))
+        dataset, case, z, position = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        del parts
         order = np.lexsort((z, position))
-        items = TrainingItems(tuple(names), dataset[order], case_id[order], case[order], z[order])
-    log.info("%s: %d images with objects from %d cases", split, len(items), sum(len(v[0]) for v in selected.values()))
+        items = TrainingItems(tuple(names), tuple(case_ids), dataset[order], case[order], z[order])
+    log.info("%s: %d images with objects from %d cases", split, len(items), n_cases)
     return items
+
 
 def _crop_window(instances: np.ndarray, patch: int, rng: np.random.Generator) -> tuple[slice, slice]:
     """A patch x patch window (clipped to the image) that contains a random object pixel."""
