@@ -378,11 +378,12 @@ def main(argv=None) -> int:
         print(json.dumps(CHILDREN[args.child](args)))
         return 0
     print(f"# {platform.node()} {platform.machine()} python {platform.python_version()}", flush=True)
+    unknown = [part for part in args.only.split(",") if part not in PARTS]
+    if unknown:
+        raise SystemExit(f"--only: unknown part {unknown[0]!r}; expected some of {sorted(PARTS)}")
     with tempfile.TemporaryDirectory(dir=args.folder) as scratch:
         args.folder = scratch
         for part in args.only.split(","):
-            if part not in PARTS:
-                raise SystemExit(f"--only: unknown part {part!r}; expected some of {sorted(PARTS)}")
             PARTS[part](args)
     return 0
 

@@ -217,6 +217,22 @@ def _labelled_images(store: DatasetStore):
             yield row, -1, label
 
 
+def _truthy_codes(column: pd.Series) -> np.ndarray:
+    """:func:`_truthy` of a categorical column, decided once per distinct value."""
+    categories = column.cat.categories.astype(str)
+    truth = np.append(categories.str.strip().str.lower().isin(["true", "1", "yes"]), False)  # code -1: missing
+    return truth[column.cat.codes.to_numpy()]
+
+
+def _utf8(values: np.ndarray) -> np.ndarray:
+    """Text values -> UTF-8 byte strings (numpy's fast ASCII cast where it applies)."""
+    text = values.astype(str)
+    try:
+        return text.astype("S")
+    except UnicodeEncodeError:
+        return np.char.encode(text, "utf-8")
+
+
 def corpus_rows(table, split: str, variant: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per dataset: the case ids (bytes) of the corpus table's rows in ``split`` and in variant
     ``variant``, and their row numbers in the table. Read in blocks of the needed columns only,
@@ -225,15 +241,18 @@ def corpus_rows(table, split: str, variant: str) -> dict[str, tuple[np.ndarray, 
     needed = ["dataset", "case_id", "split", column]
     parts: dict[str, list] = {}
     offset = 0
+    few = {name: "category" for name in ("dataset", "split", column)}  # few distinct values: no string per row
     try:
-        for block in pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False, usecols=needed,
-                                 chunksize=CORPUS_READ_ROWS):
-            chosen = np.flatnonzero(((block["split"] == split) & _truthy(block[column])).to_numpy())
-            names = block["dataset"].to_numpy()[chosen]
-            for name in np.unique(names).tolist():
-                rows = chosen[names == name]
-                ids = np.char.encode(block["case_id"].to_numpy()[rows].astype(str), "utf-8")
-                parts.setdefault(name, []).append((ids, rows + offset))
+        for block in pd.read_csv(table, sep="\t", dtype={"case_id": str, **few}, keep_default_na=False,
+                                 usecols=needed, chunksize=CORPUS_READ_ROWS):
+            wanted = (block["split"] == split).to_numpy() & _truthy_codes(block[column])
+            chosen = np.flatnonzero(wanted)
+            datasets = block["dataset"].cat
+            names = datasets.codes.to_numpy()[chosen]
+            for code in np.unique(names).tolist():
+                rows = chosen[names == code]
+                ids = _utf8(block["case_id"].to_numpy()[rows])
+                parts.setdefault(str(datasets.categories[code]), []).append((ids, rows + offset))
             offset += len(block)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CorpusError(f"{table}: cannot read the corpus table ({exc}) (corpus variant {variant!r})") from exc
@@ -308,6 +327,8 @@ def build_items(table, store_paths: dict[str, str], split: str, variant: str, mi
     images are resized to (``image_prep: resize``); images whose labels certainly vanish at that
     size are left out, those that may are rejected when the sample is made.
     """
+    for path in store_paths.values():  # first, so that each object table is dropped before the corpus is read
+        store_images(DatasetStore(path), min_object_px, frame)
     selected = corpus_rows(table, split, variant)
     names = sorted(selected)
     missing = [name for name in names if name not in store_paths]
