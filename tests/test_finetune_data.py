@@ -27,6 +27,7 @@ from medpipe.finetune.data import (
     sampled_indices,
 )
 from medpipe.models.transforms import PIXEL_STD, SAM_PIXELS, resize_label, resized_shape
+from medpipe.prompts import initial_prompts
 from medpipe.store import DatasetStore
 
 from finetune_fixtures import make_corpus, tiny_settings, write_store
@@ -111,6 +112,11 @@ def test_samples_equal_todays_at_every_position(tmp_path, prep, flips):
         assert torch.equal(new["masks"][0], old["masks"]), position
         assert torch.equal(new["foreground"][0], old["foreground"])
         assert (new["image"][0] - old["image"]).abs().max() <= IMAGE_TOLERANCE
+        for use_box in (False, True):  # the prompts Alg. 1 draws from them with the position's generator
+            drawn = [initial_prompts(masks.numpy(), np.random.default_rng([7, position]), use_box, 0.025)
+                     for masks in (old["masks"], new["masks"][0])]
+            key = "boxes" if use_box else "points"
+            assert np.array_equal(drawn[0][key], drawn[1][key])
     assert dataset.rejected == 0
 
 
