@@ -171,12 +171,22 @@ def test_sample_crop_flip_and_foreground():
 
 
 def test_collate_cuts_to_smallest_object_count_and_batches_shard():
+    """Lean samples (uint8 frame + object map) are stacked; the device stage cuts to the smallest count."""
+    from medpipe.finetune.data import FOREGROUND, model_inputs
+
     def sample(k, pos):
-        return {"image": torch.zeros(3, 8, 8), "masks": torch.ones(k, 8, 8), "foreground": torch.zeros(1, 8, 8),
+        objects = np.zeros((8, 8), np.uint8)
+        for i in range(k):
+            objects[i, :] = i + 1
+        objects[7, 7] = FOREGROUND  # a labelled pixel of an object not drawn
+        return {"image": np.zeros((1, 8, 8), np.uint8), "objects": objects, "count": k, "size": (8, 8),
                 "position": pos}
 
-    batch = collate([sample(5, 0), sample(2, 1)])
+    batch = model_inputs(collate([sample(5, 0), sample(2, 1)]), "cpu", image_prep="resize", input_size=16,
+                         pixels=SAM_PIXELS)
     assert batch["masks"].shape == (2, 2, 8, 8) and batch["position"].tolist() == [0, 1]
+    assert batch["image"].shape == (2, 3, 16, 16) and batch["foreground"].shape == (2, 1, 8, 8)
+    assert batch["masks"][0, 1].sum() == 8 and batch["foreground"][0].sum() == 5 * 8 + 1
     single = list(IterationBatches(3, 5, batch_size=4))
     ranks = [list(IterationBatches(3, 5, batch_size=2, rank=r, world_size=2)) for r in range(2)]
     assert single == [[12, 13, 14, 15], [16, 17, 18, 19]]

@@ -137,7 +137,9 @@ def test_finetune_samples_use_the_models_normalisation(tmp_path):
     table, stores = make_corpus(tmp_path)
     settings = tiny_settings_for_lite(n_steps=0)
     run = set_up(settings, table, store_map(stores), tmp_path / "run", 0, D.setup())
-    image = run.train_ds[0]["image"]
+    from medpipe.finetune.data import collate
+
+    image = run.train_ds.to_device(collate([run.train_ds[0]]), "cpu")["image"][0]  # lean sample -> model input
     assert run.train_ds.pixels == LITE_PIXELS and image.shape == (3, 256, 256)
     assert float(image.min()) >= 0.0 and 0.9 < float(image.max()) <= 1.0  # [0, 1], not SAM's z-scores
 
@@ -241,7 +243,8 @@ def test_a_short_finetune_from_lite_medsam_lowers_the_training_loss(tmp_path):
                                       val_every=12, val_batches=1, checkpoint_every=12, lr_decay="none")
     stores = store_map([store])
     run = set_up(settings, table, stores, tmp_path / "probe", 0, D.setup())
-    batches = [collate([run.train_ds[p] for p in (2 * i, 2 * i + 1)]) for i in range(2)]
+    batches = [run.train_ds.to_device(collate([run.train_ds[p] for p in (2 * i, 2 * i + 1)]), "cpu")
+               for i in range(2)]
 
     @torch.no_grad()
     def loss(sam):

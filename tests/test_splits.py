@@ -2,7 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medpipe.splits import SplitError, assign_splits, fixed_from_table, read_split_table, select_variant, split_corpus
+from medpipe.splits import (
+    SplitError,
+    assign_splits,
+    evaluated_datasets,
+    fixed_from_table,
+    read_split_table,
+    select_variant,
+    split_corpus,
+)
 from medpipe.store import StoreWriter
 
 
@@ -147,7 +155,8 @@ def test_corpus_fractions_apply_to_the_free_cases(tmp_path):
 
 
 def test_the_demo_corpus_has_validation_cases(tmp_path, repo_root):
-    """The demo's numbers: 5 finetune datasets of 4 patients, one test patient each held out."""
+    """The demo's numbers: 5 finetune datasets of 4 patients, one test patient held out of each
+    evaluated one (demo_mr is finetune-only: it loses none)."""
     import yaml
 
     config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
@@ -157,15 +166,62 @@ def test_the_demo_corpus_has_validation_cases(tmp_path, repo_root):
         patients, per_patient = spec["synth"]["patients"], spec["synth"]["images_per_patient"]
         stores.append(write_corpus_store(tmp_path / f"{name}.zarr", name, spec["modality"], patients, per_patient))
         held.append(write_held_out(tmp_path / f"{name}.tsv", name, spec["modality"], [0], per_patient))
-    split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"])
+    evaluated = evaluated_datasets(config["datasets"])
+    assert "demo_mr" not in evaluated and "demo_xray" in evaluated
+    split_corpus(stores, held, tmp_path / "corpus.tsv", config["corpus"], seed=config["seed"], evaluated=evaluated)
     table = read_corpus(tmp_path / "corpus.tsv")
     free = table[table["split"] != "test"]
     specs = [spec["synth"] for spec in config["datasets"].values() if "finetune" in spec["roles"]]
     cases = sum(s["patients"] * s["images_per_patient"] for s in specs)
-    assert len(table) == cases and len(free) == cases - sum(s["images_per_patient"] for s in specs)
+    held_cases = sum(spec["synth"]["images_per_patient"] for name, spec in config["datasets"].items()
+                     if name in evaluated and "finetune" in spec["roles"])
+    assert len(table) == cases and len(free) == cases - held_cases
+    assert set(table.loc[table["split"] == "test", "dataset"]) == evaluated & set(table["dataset"])
     val = int((free["split"] == "val").sum())
     assert abs(val - 0.1 * len(free)) <= 3 and val > 0  # was 0 of 52: best.pt was never validated
     assert table.loc[table["in_full"], "split"].value_counts().to_dict() == {"train": len(free) - val, "val": val}
+
+
+def test_a_finetune_only_dataset_loses_no_test_split(tmp_path):
+    """The paper's 90 % rule: an evaluated dataset's test patients are held out of the corpus, a
+    finetune-only dataset's are not, so in_full trains on 90 % of it and in_p60 on 50 %."""
+    evaluated = write_corpus_store(tmp_path / "e.zarr", "e", "ct", 200, 1)
+    only = write_corpus_store(tmp_path / "f.zarr", "f", "mri", 1000, 1)
+    held = [write_held_out(tmp_path / "e.tsv", "e", "ct", range(40), 1),
+            write_held_out(tmp_path / "f.tsv", "f", "mri", range(200), 1)]  # its own split's 20 % test
+    datasets = {"e": {"roles": ["finetune", "interactive2d"]}, "f": {"roles": ["finetune"]}}
+    assert evaluated_datasets(datasets) == {"e"}
+    counts = split_corpus([evaluated, only], held, tmp_path / "corpus.tsv", CORPUS, seed=0,
+                          evaluated=evaluated_datasets(datasets))
+    assert counts["test"] == 40
+    table = read_corpus(tmp_path / "corpus.tsv")
+    f = table[table["dataset"] == "f"]
+    assert not (f["split"] == "test").any()
+    assert abs(int((f["in_full"] & (f["split"] == "train")).sum()) - 900) <= 2  # 90 % of the dataset
+    assert abs(int((f["in_p60"] & (f["split"] == "train")).sum()) - 500) <= 2  # 50 %
+    e = table[table["dataset"] == "e"]
+    assert set(e.loc[e["split"] == "test", "patient_id"]) == {f"p{p}" for p in range(40)}
+    # today's rule (every table held out) would have trained on 72 % of f
+    split_corpus([evaluated, only], held, tmp_path / "old.tsv", CORPUS, seed=0)
+    old = read_corpus(tmp_path / "old.tsv")
+    assert int(((old["dataset"] == "f") & old["in_full"] & (old["split"] == "train")).sum()) == 720
+
+
+def test_patients_held_out_by_the_old_rule_are_assigned_afresh(tmp_path):
+    """A ledger written under the old rule keeps a finetune-only dataset's test patients as test;
+    they are freed (assigned train/val), the rest of the ledger is kept, and absent ones stay listed."""
+    store = write_corpus_store(tmp_path / "f.zarr", "f", "mri", 100, 1)
+    held = [write_held_out(tmp_path / "f.tsv", "f", "mri", range(20), 1)]
+    ledger = tmp_path / "ledger" / "corpus.tsv"
+    split_corpus([store], held, tmp_path / "old.tsv", CORPUS, seed=0, ledger=ledger)
+    old = read_corpus(tmp_path / "old.tsv").set_index("case_id")
+    assert (old["split"] == "test").sum() == 20
+    counts = split_corpus([store], held, tmp_path / "new.tsv", CORPUS, seed=0, ledger=ledger, evaluated=set())
+    new = read_corpus(tmp_path / "new.tsv").set_index("case_id")
+    assert "test" not in counts and sum(counts.values()) == 100
+    kept = old.index[old["split"] != "test"]
+    assert (new.loc[kept, "split"] == old.loc[kept, "split"]).all()  # nothing else moves
+    assert (read_corpus(ledger)["split"] != "test").all()
 
 
 # ---------------------------------------------------------------- numpy path vs a plain reference

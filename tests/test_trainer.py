@@ -164,7 +164,7 @@ def test_samples_do_not_depend_on_loader_workers(tmp_path):
     plain, workers = batches(0), batches(2)
     assert [b["position"].tolist() for b in plain] == [[10, 11], [12, 13], [14, 15]]  # epochs wrap past 8 items
     for a, b in zip(plain, workers):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["masks"], b["masks"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["objects"], b["objects"])
     # one epoch visits every item exactly once
     assert sorted(dataset.items.index(dataset.item_at(p)) for p in range(len(items))) == list(range(len(items)))
 

@@ -132,6 +132,13 @@ class DatasetStore:
     def label(self, case_id: str) -> np.ndarray:
         return self.label_array(case_id)[...]
 
+    def object_table(self):
+        """The store's object table (:class:`medpipe.data.objects.ObjectTable`), which ingest writes so
+        that finetune start-up reads arrays instead of labels; ``None`` for a store written before
+        ingest kept one (finetuning then scans its labels once: ``finetune.data.load_object_table``).
+        Placeholder until the ingest side (issue 18) stores the table."""
+        return None
+
     def info(self, case_id: str) -> CaseInfo:
         attrs = dict(self._case(case_id).attrs)
         return CaseInfo(

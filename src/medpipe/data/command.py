@@ -82,18 +82,18 @@ def run_split(args) -> int:
 def add_split_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stores", nargs="+", help="stores of the datasets with role finetune")
     parser.add_argument("--dataset-splits", nargs="*", default=[],
-                        help="per-dataset split tables (test cases are held out)")
+                        help="per-dataset split tables (test cases of evaluated datasets are held out)")
     _add_split_common(parser)
 
 
 def run_split_corpus(args) -> int:
-    from medpipe.splits import SplitError, split_corpus
+    from medpipe.splits import SplitError, evaluated_datasets, split_corpus
     from medpipe.store import StoreError
 
     try:
         config = load_config(args.config)
         split_corpus(args.stores, args.dataset_splits, args.out, config["corpus"], config["seed"], args.previous,
-                     args.ledger, _max_missing(args, config))
+                     args.ledger, _max_missing(args, config), evaluated=evaluated_datasets(config["datasets"]))
     except (ConfigError, SplitError, StoreError) as exc:
         log.error("%s", exc)
         return 2

@@ -62,7 +62,8 @@ def run_finetune(args) -> int:
         with lock:
             summary = train(settings, args.corpus, store_map(args.stores), args.out_dir, int(config["seed"]),
                             die_after=args.die_after, embedding_cache=cache, device=args.device,
-                            embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9)
+                            embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9,
+                            process_group_timeout_s=float(config["finetune"]["process_group_timeout_s"]))
     except (ResumeError, RunLocked, SettingsError) as exc:
         log.error("%s", exc)
         return 2

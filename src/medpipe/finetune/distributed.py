@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,12 +39,14 @@ class Context:
         return self.rank == 0
 
 
-def setup(device: str = "cpu") -> Context:
+def setup(device: str = "cpu", timeout_s: float | None = None) -> Context:
     """Join the process group torchrun describes (env ``WORLD_SIZE`` > 1), else a single process.
 
     ``device`` is what the job was given: ``cuda`` (one GPU per process, NCCL) or ``cpu`` (gloo).
     There is no fallback: a ``cuda`` job without a usable GPU stops here with a
     :class:`~medpipe.hardware.DeviceError` naming the cause, instead of training on the CPUs.
+    ``timeout_s``: how long a collective waits for the other ranks before failing
+    (``finetune.process_group_timeout_s``) instead of the backend's default.
     """
     from medpipe.hardware import DeviceError, require_cuda
 
@@ -62,7 +65,8 @@ def setup(device: str = "cpu") -> Context:
     else:
         torch_device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        timeout = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", **timeout)
     return Context(rank, world, local, torch_device)
 
 

@@ -198,7 +198,7 @@ def validate(model: FinetuneModel, dataset: CorpusSamples, settings: FinetuneSet
     batch = settings.batch_size
     inter, sem = [], []
     for index in range(settings.val_batches):
-        data = collate([dataset[p] for p in range(index * batch, (index + 1) * batch)])
+        data = dataset.to_device(collate([dataset[p] for p in range(index * batch, (index + 1) * batch)]), device)
         images, masks = data["image"].to(device), data["masks"].to(device).float()
         embeddings = encode(images)
         rngs = _image_rngs(seed, STREAM_VAL_PROMPTS, data["position"])
@@ -355,7 +355,8 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
     """One iteration of Alg. 1 on this rank's batch (or list of ``accumulation`` micro-batches, whose
     gradients add up to those of their union); returns the losses averaged over ranks."""
     settings, ctx, sam = run.settings, run.ctx, run.sam
-    parts = batch if isinstance(batch, list) else [batch]
+    # lean uint8 batches -> model inputs, on the device
+    parts = [run.train_ds.to_device(part, ctx.device) for part in (batch if isinstance(batch, list) else [batch])]
     k = D.global_min(min(part["masks"].shape[1] for part in parts), ctx)
     use_box, use_mask = D.broadcast_flags(iteration_draws(run.seed, iteration, settings.p_box, settings.p_mask), ctx)
     lr = run.optimizer.param_groups[0]["lr"]
@@ -455,12 +456,12 @@ def warm_frozen_encoder(run: Run) -> None:
         if run.frozen_encoder.full:  # no room left: training encodes the rest as it meets them
             break
         dataset, position = wanted[index]
-        run.frozen_encoder(dataset[position]["image"][None].to(ctx.device))
+        run.frozen_encoder(dataset.to_device(collate([dataset[position]]), ctx.device)["image"])
 
 
 def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int,
           die_after: int | None = None, embedding_cache=None, embedding_cache_bytes: float = 0,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", process_group_timeout_s: float | None = None) -> dict:
     """Run (or continue) one finetune run; returns the summary written to ``training.json``.
 
     ``settings`` is a :class:`FinetuneSettings` (or a mapping of its fields). ``die_after``: fault
@@ -468,8 +469,9 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     checkpoint of that iteration). ``embedding_cache``: the folder a frozen image encoder's
     embeddings are kept in (up to ``embedding_cache_bytes``), shared by runs on the same encoder.
     ``device``: ``cuda`` or ``cpu``, never chosen silently (:func:`medpipe.finetune.distributed.setup`).
+    ``process_group_timeout_s``: how long a rank waits in a collective (:func:`D.setup`).
     """
-    ctx = D.setup(device)
+    ctx = D.setup(device, process_group_timeout_s)
     if ctx.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     D.barrier(ctx)

@@ -16,8 +16,10 @@ Rules (docs/fidelity.md, "Splits"):
   (docs/reliability.md).
 
 The finetuning corpus is the union of every dataset with role ``finetune``. A case that is in the
-test split of its own dataset is held out of the corpus (split ``test``), so finetuning never sees
-an evaluation test image; the corpus fractions apply to the other, *free* cases. Paper variants
+test split of its own dataset is held out of the corpus (split ``test``) when that dataset is also
+evaluated (a role besides ``finetune``), so finetuning never sees an evaluation test image; a
+dataset whose only role is ``finetune`` gives every case to the corpus (the paper trains on 90 % of
+SA-Med2D-20M). The corpus fractions apply to the other, *free* cases. Paper variants
 (full = 90/10, p60 = 50 % train + 10 % val) are nested subsets of the corpus train/val parts,
 recorded as ``in_<variant>`` columns.
 
@@ -35,7 +37,7 @@ table IO, the one split-table reader), ``assign`` (groups -> splits, corpus vari
 
 from medpipe.splits.assign import assign_codes, assign_splits, fixed_from_table, select_variant, variant_mask
 from medpipe.splits.common import COLUMNS, SPLITS, MissingCasesError, SplitError
-from medpipe.splits.make import split_corpus, split_dataset
+from medpipe.splits.make import evaluated_datasets, split_corpus, split_dataset
 from medpipe.splits.table import (
     CaseTable,
     Fixed,
@@ -56,6 +58,7 @@ __all__ = [
     "assign_codes",
     "assign_splits",
     "cases_of_store",
+    "evaluated_datasets",
     "fixed_from_table",
     "read_split_table",
     "read_table",

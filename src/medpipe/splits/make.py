@@ -11,6 +11,7 @@ import pandas as pd
 
 from medpipe.splits.assign import assign_codes, variant_mask
 from medpipe.splits.common import (
+    SEP,
     SPLITS,
     MissingCasesError,
     SplitError,
@@ -96,14 +97,38 @@ def _write_ledger(ledger, table: CaseTable, split: np.ndarray, carried: CaseTabl
     write_table(pd.DataFrame({"key": list(meta), "value": list(meta.values())}), Path(ledger).with_suffix(".meta.tsv"))
 
 
-def _held_out(dataset_splits) -> Fixed:
-    """The patients of every test case of the given per-dataset split tables."""
+def evaluated_datasets(datasets: dict) -> set[str]:
+    """The datasets of a config's ``datasets`` section that have a role besides ``finetune``: only
+    their test cases are held out of the corpus (an evaluation must never see a training image); a
+    dataset whose only role is ``finetune`` gives the corpus every case (the paper's 90 %)."""
+    return {name for name, spec in datasets.items() if set(spec.get("roles", [])) - {"finetune"}}
+
+
+def _held_out(dataset_splits, evaluated: set[str] | None = None) -> Fixed:
+    """The patients of every test case of the given per-dataset split tables, of the datasets in
+    ``evaluated`` only (``None``: of every table given)."""
     held_out = Fixed.empty()
     for path in dataset_splits:
         if not Path(path).is_file():
             raise SplitError(f"{path}: split table does not exist")
-        held_out = held_out.override(Fixed.from_table(path, only="test"))
+        test = Fixed.from_table(path, only="test")
+        if evaluated is not None and len(test.keys):
+            names = np.char.partition(test.keys, SEP)[:, 0]
+            keep = np.isin(names, np.array(sorted(n.encode() for n in evaluated) or [b""]))
+            test = Fixed(test.keys[keep], test.codes[keep])
+        held_out = held_out.override(test)
     return held_out
+
+
+def _free_stale_tests(fixed: Fixed, held_out: Fixed) -> Fixed:
+    """``fixed`` without its ``test`` patients that are not held out now. When the corpus's own
+    fractions have no test split (the default), such a patient was held out by an earlier rule (a
+    finetune-only dataset before the 90 % rule) or of a dataset no longer evaluated: assigned afresh."""
+    stale = (fixed.codes == SPLITS.index("test")) & (held_out.lookup(fixed.keys) < 0)
+    if stale.any():
+        log.warning("%d patients recorded as held-out test cases are not held out any more; they are assigned afresh",
+                    int(stale.sum()))
+    return Fixed(fixed.keys[~stale], fixed.codes[~stale])
 
 
 def _counts(split: np.ndarray) -> dict[str, int]:
@@ -130,26 +155,31 @@ def split_dataset(store, out, fractions: dict, seed: int, previous=None, ledger=
 
 
 def split_corpus(stores, dataset_splits, out, corpus: dict, seed: int, previous=None, ledger=None,
-                 max_missing: float = 1.0) -> dict[str, int]:
-    """Write the corpus table: cases of every finetune store, their datasets' test cases held out;
-    returns the number of cases per split.
+                 max_missing: float = 1.0, evaluated: set[str] | None = None) -> dict[str, int]:
+    """Write the corpus table: cases of every finetune store, the test cases of the evaluated
+    datasets held out; returns the number of cases per split.
 
     ``corpus`` is the config's ``corpus`` section (fractions and nested variants). Held-out cases
     are in the table as ``test`` but outside the fractions, which apply to the free cases only
-    (with 100 held-out and 1000 free cases, 10 % val is 100 cases). ``ledger`` and
-    ``max_missing`` work as in :func:`split_dataset`, per dataset of ``stores``.
+    (with 100 held-out and 1000 free cases, 10 % val is 100 cases). ``evaluated``: the datasets
+    whose test cases are held out (:func:`evaluated_datasets` of the config; a dataset whose only
+    role is ``finetune`` loses nothing, so the full corpus variant trains on 90 % of it and p60 on
+    50 %, as the paper); ``None`` holds out the test cases of every table in ``dataset_splits``.
+    ``ledger`` and ``max_missing`` work as in :func:`split_dataset`, per dataset of ``stores``.
     """
     fractions = corpus["fractions"]
     table = CaseTable.from_stores(stores)
     fixed, carried = _read_ledger(ledger, table, seed, fractions, max_missing, datasets=table.datasets)
+    held_out = _held_out(dataset_splits, evaluated)
     fixed = fixed.override(Fixed.from_table(previous))
-    held_out = _held_out(dataset_splits)
-    split = assign_codes(table, fractions, seed, fixed, held_out)
+    kept = _free_stale_tests(fixed, held_out) if not float(fractions.get("test", 0.0)) else fixed
+    split = assign_codes(table, fractions, seed, kept, held_out)
     variants = {f"in_{name}": variant_mask(table, split, variant, seed, fractions)
                 for name, variant in corpus["variants"].items()}
     table.write(out, split, variants)
-    if ledger:
-        _write_ledger(ledger, table, split, carried, fixed.override(held_out), seed, fractions)
+    if ledger:  # absent entries follow their patient's split of this run (a freed patient's new one)
+        now = fixed.override(held_out).override(Fixed.from_cases(table, split, str(out)))
+        _write_ledger(ledger, table, split, carried, now, seed, fractions)
     log.info("%s: %s (test patients of the evaluation splits, held out: %d)", out, _counts(split),
              len(held_out.keys))
     return _counts(split)
