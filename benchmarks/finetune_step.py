@@ -38,6 +38,7 @@ prints their ratio.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import tempfile
@@ -303,7 +304,8 @@ def main(argv=None) -> int:
                                 row = _error_row(model_type, variant, batch, checkpointing, "out of memory")
                             except RuntimeError as exc:  # one failing row loses no other
                                 row = _error_row(model_type, variant, batch, checkpointing, str(exc).splitlines()[0])
-                        if device.type == "cuda":
+                        if device.type == "cuda":  # free what a failed row left before the next one
+                            gc.collect()
                             torch.cuda.empty_cache()
                         results.append(row)
                         head = (f"| {model_type} | {variant} | {frozen} | {'on' if cached else 'off'} | {batch} | "

@@ -83,3 +83,19 @@ def test_relative_positions_equal_reference_and_stay_on_the_tables_device():
     torch.testing.assert_close(relative_positions(7, 7, resized), get_rel_pos(7, 7, resized), rtol=0, atol=0)
     meta = relative_positions(7, 7, table.to("meta"))  # positions built where the table lives
     assert meta.device.type == "meta" and meta.shape == (7, 7, 5)
+
+
+def test_fused_encoder_builds_positions_on_the_device():
+    """On the meta device (a stand-in for CUDA), segment_anything's get_rel_pos indexes the table with a
+    CPU arange (a host-to-device copy per call, and its backward); the fused encoder does not."""
+    from medpipe.finetune.host_syncs import HostSyncCounter
+
+    encoder = build_sam("tiny").image_encoder.to("meta")
+    image = torch.empty(1, 3, 256, 256, device="meta")
+    counts = {}
+    for fused in (True, False):
+        set_fused_attention(encoder, fused)
+        with HostSyncCounter() as syncs:
+            encoder(image).sum().backward()
+        counts[fused] = syncs.total
+    assert counts == {True: 0, False: 8}  # reference: 2 blocks x (h, w) tables, forward and backward

@@ -8,8 +8,11 @@ ATen operations that do that on CUDA, so a CPU test can hold the count of an ite
 - ``_local_scalar_dense`` (``.item()``, ``float(t)``, ``.tolist()``, ``if t:``), ``is_nonzero``, ``equal``;
 - data-dependent shapes: ``nonzero``, ``masked_select``, boolean-mask indexing, ``unique``,
   ``repeat_interleave`` without ``output_size``;
-- host <-> device traffic: a copy to the CPU from another device, and ``lift_fresh`` (a tensor
-  made from host data, i.e. a pageable host-to-device copy when it lands on a GPU).
+- host <-> device traffic: a copy to the CPU from another device, a CPU index tensor indexing a
+  tensor on another device, and ``lift_fresh`` (a tensor made from host data, i.e. a pageable
+  host-to-device copy when it lands on a GPU).
+
+On CPU the device-crossing cases cannot occur; run the code on the ``meta`` device to see them.
 
 On a GPU, ``torch.cuda.set_sync_debug_mode`` reports the real ones (``benchmarks/gpu``).
 """
@@ -33,8 +36,15 @@ _INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
 _COPIES = {aten._to_copy.default, aten.copy_.default}
 
 
-def _bool_index(indices) -> bool:
-    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
+def _bool_or_host_index(tensor, indices) -> bool:
+    """Boolean-mask indexing (a ``nonzero``), or a CPU index into a tensor on another device (a copy)."""
+    for index in indices or ():
+        if isinstance(index, torch.Tensor):
+            if index.dtype in (torch.bool, torch.uint8):
+                return True
+            if index.device.type == "cpu" and tensor.device.type != "cpu" and index.dim() > 0:
+                return True
+    return False
 
 
 def _syncs(func, args, kwargs) -> bool:
@@ -43,7 +53,7 @@ def _syncs(func, args, kwargs) -> bool:
             return kwargs.get("output_size") is None
         return True
     if func in _INDEXING:
-        return _bool_index(args[1] if len(args) > 1 else kwargs.get("indices"))
+        return _bool_or_host_index(args[0], args[1] if len(args) > 1 else kwargs.get("indices"))
     if func in _COPIES:
         if func is aten._to_copy.default:
             source, target = args[0], kwargs.get("device")
