@@ -156,3 +156,27 @@ def test_host_syncs_per_iteration_at_most_ten(sam):
         O.alg1_loss_reference(model, model.image_encoder(images), masks, [np.random.default_rng(0)] * 2,
                               use_box=False, use_mask=True, n_steps=7, box_distortion=0.025)["loss"].backward()
     assert syncs.total > 100
+
+
+def test_trainer_step_host_syncs_at_most_ten(tmp_path):
+    """The trainer's whole ``train_step`` (data to the device, draws, encoder, Alg. 1, backward, the
+    optimiser as on CUDA: fused AdamW, logging) on a miniature corpus. Counted conservatively: on CPU
+    every tensor looks like a device tensor, so the two ``int()`` reads of the batch's sample positions
+    (a CPU tensor on CUDA too) count, as does the logging transfer."""
+    from finetune_fixtures import make_corpus, tiny_settings
+
+    from medpipe.finetune import distributed as D
+    from medpipe.finetune.command import store_map
+    from medpipe.finetune.data import collate
+    from medpipe.finetune.trainer import set_up, train_step
+
+    table, stores = make_corpus(tmp_path)
+    run = set_up(tiny_settings(p_mask=1.0, n_steps=7), table, store_map(stores), tmp_path / "run", 0, D.setup())
+    run.optimizer = torch.optim.AdamW([p for p in run.model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda it: 1.0)
+    batch = collate([run.train_ds[p] for p in (0, 1)])
+    with HostSyncCounter() as syncs:
+        row = train_step(run, batch, 0, torch.autocast("cpu", enabled=False))
+    assert syncs.total + 1 <= 10, dict(syncs.ops)  # + 1: the logging transfer (tolist, invisible on CPU)
+    print(f"host syncs of one train_step: {syncs.total} + 1 ({dict(syncs.ops)})")
+    assert np.isfinite(row["loss"]) and set(row) >= {"loss", "mask_loss", "iou_loss", "lr"}
