@@ -163,12 +163,12 @@ def test_trainer_step_host_syncs_at_most_ten(tmp_path):
     optimiser as on CUDA: fused AdamW, logging) on a miniature corpus. Counted conservatively: on CPU
     every tensor looks like a device tensor, so the two ``int()`` reads of the batch's sample positions
     (a CPU tensor on CUDA too) count, as does the logging transfer."""
-    from finetune_fixtures import make_corpus, tiny_settings
-
     from medpipe.finetune import distributed as D
     from medpipe.finetune.command import store_map
     from medpipe.finetune.data import collate
     from medpipe.finetune.trainer import set_up, train_step
+
+    from finetune_fixtures import make_corpus, tiny_settings
 
     table, stores = make_corpus(tmp_path)
     run = set_up(tiny_settings(p_mask=1.0, n_steps=7), table, store_map(stores), tmp_path / "run", 0, D.setup())
