@@ -99,3 +99,18 @@ def test_fused_encoder_builds_positions_on_the_device():
             encoder(image).sum().backward()
         counts[fused] = syncs.total
     assert counts == {True: 0, False: 8}  # reference: 2 blocks x (h, w) tables, forward and backward
+
+
+def test_training_uses_the_fused_attention_unless_configured_and_evaluation_never(tmp_path):
+    from medpipe.finetune import distributed as D
+    from medpipe.finetune.command import store_map
+    from medpipe.finetune.trainer import set_up
+
+    from finetune_fixtures import make_corpus, tiny_settings
+
+    table, stores = make_corpus(tmp_path)
+    fused = set_up(tiny_settings(), table, store_map(stores), tmp_path / "a", 0, D.setup())
+    assert fused.settings.attention == "fused" and uses_fused_attention(fused.sam)
+    reference = set_up(tiny_settings(attention="reference"), table, store_map(stores), tmp_path / "b", 0, D.setup())
+    assert not uses_fused_attention(reference.sam)
+    assert not uses_fused_attention(build_sam("tiny"))  # what evaluation builds: segment_anything's forward
