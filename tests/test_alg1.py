@@ -72,7 +72,7 @@ def test_alg1_iteration_structure(monkeypatch):
 
     monkeypatch.setattr(O, "decode", fake_decode)
     rngs = [np.random.default_rng(0), np.random.default_rng(1)]
-    out = O.alg1_loss(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=False, use_mask=True,
+    out = O.alg1_loss_reference(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=False, use_mask=True,
                       n_steps=2, box_distortion=0.025)
     assert len(calls) == 6
     assert [c["multimask"] for c in calls] == [True, True, False, False, False, False]
@@ -95,7 +95,7 @@ def test_alg1_iteration_structure(monkeypatch):
     assert out["loss"].item() == pytest.approx(expected_mask + expected_iou)
     # with a box and no mask prompt: box kept through the steps, no multimask, mask input None
     calls.clear()
-    O.alg1_loss(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=True, use_mask=False, n_steps=1,
+    O.alg1_loss_reference(FakeSam(), torch.zeros(2, 8, 4, 4), masks, rngs, use_box=True, use_mask=False, n_steps=1,
                 box_distortion=0.0)
     assert [c["multimask"] for c in calls] == [False] * 4 and all(c["mask"] is None for c in calls)
     assert calls[0]["prompt"]["boxes"].tolist() == [[2, 2, 6, 6], [9, 8, 15, 14]]
@@ -244,7 +244,7 @@ def test_medicosam_presets_run_eight_decoder_passes_divided_by_eight(monkeypatch
             return logits, torch.zeros(1, m, 4, 4), torch.full((1, m), 0.5)
 
         monkeypatch.setattr(O, "decode", fake_decode)
-        out = O.alg1_loss(FakeSam(), torch.zeros(1, 8, 4, 4), masks, [np.random.default_rng(0)], use_box=True,
+        out = O.alg1_loss_reference(FakeSam(), torch.zeros(1, 8, 4, 4), masks, [np.random.default_rng(0)], use_box=True,
                           use_mask=False, n_steps=settings["n_steps"], box_distortion=0.0)
         assert len(calls) == 8  # 8 decoder calls for the image
         target = masks[0][:, None]

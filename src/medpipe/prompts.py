@@ -235,3 +235,121 @@ def mask_prompt_from(low_res_best: torch.Tensor) -> torch.Tensor:
     """The next step's mask prompt: the previous best low-res logits, detached (no gradient flows
     back through the prompt, as in SAM's training)."""
     return low_res_best.detach().float()
+
+
+# -- the same rules on the device (training): sync-free, seeded by torch generators ---------------------------
+#
+# Finetuning draws prompts for every object of a batch in every decoder pass; the numpy rules above
+# move each prediction to the host. The functions below draw from the same distributions on the
+# tensors' device (no ``nonzero``, no host copy): a uniform pixel of a region is the r-th pixel of
+# the region in row-major order with r = floor(u * count), u a float64 uniform from a seeded
+# ``torch.Generator``, found by a cumulative sum and ``searchsorted``. Their random stream differs from
+# numpy's, so evaluation keeps the numpy rules (its numbers stay byte-identical; docs/fidelity.md).
+
+
+def device_generators(rngs, device) -> list[torch.Generator]:
+    """One ``torch.Generator`` on ``device`` per numpy generator, seeded from it (one draw each)."""
+    gens = []
+    for rng in rngs:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(rng.integers(2**63 - 1)))
+        gens.append(gen)
+    return gens
+
+
+def uniforms(gens: list[torch.Generator], per_image: int, width: int, device) -> torch.Tensor:
+    """float64 uniforms (len(gens) * per_image, width): the rows of image b from generator b."""
+    return torch.cat([torch.rand((per_image, width), generator=g, device=device, dtype=torch.float64)
+                      for g in gens])
+
+
+def sample_pixels(levels: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform pixel ``(x, y)`` of the first non-empty region per object, and whether there was one.
+
+    ``levels`` (N, L, H, W) boolean regions in order of preference (a region and its fallbacks),
+    ``u`` (N,) float64 uniforms in [0, 1). Returns ``coords`` (N, 2) int64 and ``found`` (N,) bool;
+    an object whose regions are all empty gets (0, 0) and ``found`` False.
+    """
+    n, _, height, width = levels.shape
+    flat = levels.flatten(2)
+    counts = flat.sum(-1)  # (N, L)
+    nonempty = counts > 0
+    level = torch.argmax(nonempty.to(torch.uint8), dim=1)  # first non-empty (0 when none is)
+    region = torch.gather(flat, 1, level.view(n, 1, 1).expand(n, 1, height * width))[:, 0]
+    count = torch.gather(counts, 1, level[:, None])[:, 0]
+    rank = torch.minimum((u * count).floor().to(torch.int64), (count - 1).clamp_min(0))
+    cumulative = torch.cumsum(region, dim=1, dtype=torch.int64)
+    index = torch.searchsorted(cumulative, (rank + 1)[:, None]).clamp_max(height * width - 1)[:, 0]
+    return torch.stack([index % width, index // width], dim=1), nonempty.any(dim=1)
+
+
+def tight_bboxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes (N, 4) int64 ``(x0, y0, x1, y1)``, upper corner exclusive, of non-empty masks (N, H, W)."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+
+    def first_last(line):
+        size = line.shape[1]
+        first = torch.argmax(line.to(torch.uint8), dim=1)
+        last = size - torch.argmax(line.flip(1).to(torch.uint8), dim=1)
+        return first, last
+
+    (y0, y1), (x0, x1) = first_last(rows), first_last(cols)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def bbox_rings(masks: torch.Tensor, grow: int = RING_GROW_PX) -> torch.Tensor:
+    """:func:`bbox_ring` of every mask of a stack (N, H, W), on the device."""
+    _, height, width = masks.shape
+    x0, y0, x1, y1 = tight_bboxes(masks).unbind(1)
+    ys = torch.arange(height, device=masks.device)[None, :]
+    xs = torch.arange(width, device=masks.device)[None, :]
+    inside_y = (ys >= (y0 - grow)[:, None]) & (ys < (y1 + grow)[:, None])
+    inside_x = (xs >= (x0 - grow)[:, None]) & (xs < (x1 + grow)[:, None])
+    return inside_y[:, :, None] & inside_x[:, None, :] & ~masks
+
+
+def initial_prompts_device(masks: torch.Tensor, u: torch.Tensor, use_box: bool,
+                           box_distortion: float = 0.0) -> dict:
+    """:func:`initial_prompts` (training rules) for boolean masks (N, H, W) on the device.
+
+    ``u`` (N, 4) float64 uniforms: a box's four sides move by ``u * box_distortion`` of its side
+    length; a point takes ``u[:, 0]``. Returns ``boxes`` (N, 4) float32 or ``points`` (N, 1, 2)
+    float32 with ``labels`` (N, 1) int64, the same keys as the numpy version.
+    """
+    _, height, width = masks.shape
+    if use_box:
+        x0, y0, x1, y1 = tight_bboxes(masks).to(torch.float64).unbind(1)
+        push = u * box_distortion
+        box_w, box_h = x1 - x0, y1 - y0
+        out = torch.stack([(x0 - push[:, 0] * box_w).clamp(0, width), (y0 - push[:, 1] * box_h).clamp(0, height),
+                           (x1 + push[:, 2] * box_w).clamp(0, width), (y1 + push[:, 3] * box_h).clamp(0, height)], 1)
+        return {"boxes": out.float(), "points": None, "labels": None}
+    coords, _ = sample_pixels(masks[:, None], u[:, 0])
+    labels = torch.ones((masks.shape[0], 1), dtype=torch.int64, device=masks.device)
+    return {"boxes": None, "points": coords[:, None].float(), "labels": labels}
+
+
+def correction_points_device(gt: torch.Tensor, pred: torch.Tensor, u: torch.Tensor,
+                             rings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`correction_points` for stacks (N, H, W) on the device: ``coords`` (N, 2, 2), ``labels`` (N, 2).
+
+    Positive: uniform from the false negatives, else the true positives; negative: uniform from the
+    false positives, else the bbox ring (``rings``, from :func:`bbox_rings`), else the background,
+    else no point (label -1 at (0, 0)). ``u`` (N, 2) float64 uniforms.
+    """
+    gt, pred = gt.bool(), pred.bool()
+    rings = bbox_rings(gt) if rings is None else rings
+    positive, _ = sample_pixels(torch.stack([gt & ~pred, gt & pred], dim=1), u[:, 0])
+    negative, found = sample_pixels(torch.stack([pred & ~gt, rings, ~gt], dim=1), u[:, 1])
+    labels = torch.stack([torch.ones_like(found, dtype=torch.int64), torch.where(found, 0, NO_POINT)], dim=1)
+    negative = torch.where(found[:, None], negative, 0)
+    return torch.stack([positive, negative], dim=1), labels
+
+
+def add_correction_points_device(prompts: dict, coords: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Append device correction points (N, 2, 2) / labels (N, 2) to a device prompt dict."""
+    coords = coords.float()
+    if prompts.get("points") is not None:
+        coords = torch.cat([prompts["points"], coords], dim=1)
+        labels = torch.cat([prompts["labels"], labels], dim=1)
+    return {"boxes": prompts.get("boxes"), "points": coords, "labels": labels}

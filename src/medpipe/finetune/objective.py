@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from medpipe import prompts as P
 from medpipe.losses import pooled_dice_loss
+from medpipe.models import batched_decoding as B
 
 EPS = 1e-6
 VALIDATION_KINDS = ("point", "box", "points", "box+points")
@@ -110,7 +111,79 @@ def alg1_loss(
     n_steps: int,
     box_distortion: float,
 ) -> dict[str, torch.Tensor]:
-    """The interactive part of one Alg. 1 iteration for a batch.
+    """The interactive part of one Alg. 1 iteration for a batch, without host round trips.
+
+    ``embeddings`` (B, C, h, w) from the image encoder (computed once), ``masks`` (B, K, S, S)
+    object masks in the mask frame, ``rngs`` one generator per image (prompt draws of an image do
+    not depend on which process or batch slot it lands in, so a DDP run and a single process draw
+    the same prompts). ``use_box`` / ``use_mask`` are this iteration's draws of ``p_box`` /
+    ``p_mask``. Returns the averaged ``loss`` and its ``mask_loss`` / ``iou_loss`` terms (tensors).
+
+    The rules are :mod:`medpipe.prompts`' (the device versions: each image's numpy generator seeds
+    one ``torch.Generator``, which draws that image's points on the device), the numbers those of
+    SAM's prompt encoder and mask decoder (:mod:`medpipe.models.batched_decoding`): the B x K objects
+    go through one decoder call per pass, the dense positional encoding is computed once, and the
+    logits reach the mask frame through a fixed resize matrix (SAM's ``postprocess_masks`` resizes,
+    as matrix products). Nothing here waits for the device: no ``nonzero``, ``item`` or host copy.
+    """
+    count, size = masks.shape[1], masks.shape[-1]
+    device = embeddings.device
+    input_size = int(sam.image_encoder.img_size)
+    scale = input_size / size
+    gens = P.device_generators(rngs, device)
+    gt = masks.flatten(0, 1).bool()  # (N, S, S), objects of image b at rows b*K .. b*K + K-1
+    rings = P.bbox_rings(gt)
+    state = P.initial_prompts_device(gt, P.uniforms(gens, count, 4, device), use_box=use_box,
+                                     box_distortion=box_distortion)
+    low_size = tuple(4 * s for s in sam.prompt_encoder.image_embedding_size)
+    mask_in = P.empty_mask_prompt(gt.shape[0], low_size, device) if use_mask else None
+    per_object = embeddings[:, None].expand(-1, count, -1, -1, -1).flatten(0, 1)
+    image_pe = B.dense_pe(sam.prompt_encoder)
+    sizes = (low_size[0], input_size) + ((size,) if size != input_size else ())
+    target = gt[:, None].float()
+    mask_total = embeddings.new_zeros((), dtype=torch.float32)
+    iou_total = embeddings.new_zeros((), dtype=torch.float32)
+    for step in range(n_steps + 1):
+        points = state["points"] * scale if state["points"] is not None else None
+        boxes = state["boxes"] * scale if state["boxes"] is not None else None
+        sparse, dense = B.encode_prompts(sam.prompt_encoder, points, state["labels"], boxes, mask_in, gt.shape[0])
+        multimask = boxes is None and points is not None and points.shape[1] == 1
+        low_res, iou_pred = B.decode_objects(sam.mask_decoder, per_object, image_pe, sparse, dense, multimask)
+        logits = B.resize_logits(low_res, sizes)
+        mask_loss, iou_loss = step_losses(logits, iou_pred, target)
+        mask_total = mask_total + mask_loss
+        iou_total = iou_total + iou_loss
+        if step == n_steps:
+            break
+        with torch.no_grad():  # Alg. 1 lines 26-33: corrections from the best predicted mask
+            best_logits, _ = P.select_best(logits, iou_pred)
+            coords, labels = P.correction_points_device(gt, best_logits[:, 0] > 0, P.uniforms(gens, count, 2, device),
+                                                        rings)
+            state = P.add_correction_points_device(state, coords, labels)
+            if use_mask:
+                low_best, _ = P.select_best(low_res, iou_pred)
+                mask_in = P.mask_prompt_from(low_best)
+    steps = n_steps + 1
+    mask_total, iou_total = mask_total / steps, iou_total / steps
+    return {"loss": mask_total + iou_total, "mask_loss": mask_total, "iou_loss": iou_total}
+
+
+def alg1_loss_reference(
+    sam,
+    embeddings: torch.Tensor,
+    masks: torch.Tensor,
+    rngs: list[np.random.Generator],
+    *,
+    use_box: bool,
+    use_mask: bool,
+    n_steps: int,
+    box_distortion: float,
+) -> dict[str, torch.Tensor]:
+    """The interactive part of one Alg. 1 iteration, prompts drawn on the host (the former loop).
+
+    Kept for cross-checks and the old-against-new benchmark: numpy prompt draws per object and pass
+    (the predictions copied to the host), SAM's own prompt encoder and one decoder call per image.
+    :func:`alg1_loss` is the training loop.
 
     ``embeddings`` (B, C, h, w) from the image encoder (computed once), ``masks`` (B, K, S, S)
     object masks at the input resolution, ``rngs`` one generator per image (prompt draws of an

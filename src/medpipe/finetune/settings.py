@@ -84,6 +84,7 @@ class FinetuneSettings(Mapping):
     val_batches: int
     checkpoint_every: int
     activation_checkpointing: bool
+    attention: str  # image-encoder attention while training: fused or reference
     bf16: bool
     corpus_variant: str
     export_checkpoint: str

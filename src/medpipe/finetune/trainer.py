@@ -16,7 +16,12 @@ Exact resume holds by construction: every random draw is derived from (seed, ite
 (seed, sample position) rather than from a stateful generator, the data order is a function of the
 position (see :mod:`medpipe.finetune.data`), and the checkpoint holds the weights, the optimiser,
 the scheduler, the iteration and the best validation metric. A run killed at any moment restarts
-from ``latest.pt`` and reaches bit-identical weights.
+from ``latest.pt`` and repeats the same data, prompt draws and optimiser state. What that guarantees
+(docs/reliability.md, "Exact resume"): on CPU bit-identical weights; on CUDA the same trajectory up
+to floating-point reduction order, because some CUDA kernels of the backward pass (atomics in
+cuDNN's weight gradients, scaled_dot_product_attention's backward, index/scatter backwards) are not
+bitwise reproducible even without a resume. The loss's own upsampling is a fixed matrix product
+(deterministic), and CUDA runs use fused AdamW (its ``step`` never forces a host sync after resume).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from medpipe.finetune.objective import (
     validation_dice_loss,
 )
 from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
+from medpipe.models.attention import set_fused_attention
 from medpipe.models.sam import build_sam, encoder_digest
 from medpipe.models.sem_decoder import decoder_for
 from medpipe.models.transforms import pixel_stats
@@ -261,6 +267,7 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
     settings = FinetuneSettings.from_mapping(settings)
     torch.manual_seed(seed)
     sam = build_sam(settings.model_type, settings.checkpoint)
+    set_fused_attention(sam, settings.attention == "fused")  # same weights and keys; evaluation runs the reference
     native = sam.image_encoder.img_size
     if settings.input_size not in (None, native):
         raise ValueError(f"finetune run {settings.run}: input_size {settings.input_size} differs from the "
@@ -288,7 +295,8 @@ def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: i
     # is stepped twice per iteration, so the encoder's moments see both losses. Frozen parts are not in it.
     params = [p for p in sam.parameters() if p.requires_grad]
     params += list(decoder.parameters()) if decoder is not None else []
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=ctx.device.type == "cuda")  # fused: no host syncs, also after a resume
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, settings.decay_factor, decay_every))
     return Run(settings, ctx, Path(out_dir), seed, model, train_items, val_items, train_ds, val_ds, optimizer,
@@ -372,11 +380,11 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
             losses = alg1_loss(sam, embeddings, masks, rngs, use_box=use_box, use_mask=use_mask,
                                n_steps=settings.n_steps, box_distortion=settings.box_distortion)
         (losses["loss"] / len(parts) if len(parts) > 1 else losses["loss"]).backward()
-        rows.append({key: float(value.detach()) for key, value in losses.items()})
+        rows.append({key: value.detach().float() for key, value in losses.items()})  # stays on the device
     D.average_gradients(list(sam.parameters()), ctx)
     run.optimizer.step()
     D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
-    row = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    scalars = {key: torch.stack([r[key] for r in rows]).mean() for key in rows[0]}
     if run.decoder is not None:  # Alg. 1 lines 37-40: own backward, a second step of the same optimiser
         run.model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by AdamW
         sem = []
@@ -387,11 +395,12 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
                 probs = semantic_outputs(run.decoder, again, foreground.shape[-1])
                 sem_loss = semantic_dice_loss(probs, foreground)
             (sem_loss / len(parts) if len(parts) > 1 else sem_loss).backward()
-            sem.append(float(sem_loss.detach()))
+            sem.append(sem_loss.detach().float())
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
         run.optimizer.step()
         D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
-        row["sem_loss"] = float(np.mean(sem))
+        scalars["sem_loss"] = torch.stack(sem).mean()
+    row = dict(zip(scalars, torch.stack(list(scalars.values())).tolist()))  # one device->host transfer
     run.scheduler.step()
     return {**D.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
 
@@ -488,8 +497,10 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     loader = DataLoader(run.train_ds, batch_sampler=IterationBatches(run.start, settings.iterations,
                                                                      settings.batch_size, ctx.rank, ctx.world_size,
                                                                      run.accumulation),
-                        num_workers=settings.num_workers, collate_fn=collate)
+                        num_workers=settings.num_workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda")
     log.info("%s: %s", settings.run, plan_batches(settings, ctx.world_size).describe())
+    if ctx.device.type == "cuda":  # TF32 where fp32 remains (bf16 autocast covers the rest)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and settings.bf16)
     progress = tqdm(total=settings.iterations, initial=run.start, desc=settings.run, disable=not ctx.is_main)
     for iteration, batch in enumerate(iteration_groups(loader, run.accumulation), start=run.start):
