@@ -107,3 +107,14 @@ def test_local_profile_schedules_by_threads():
     assert {"finetune", "ingest", "interactive2d", "semantic_run"} <= set(profile["set-threads"])
     text = (REPO_ROOT / "profiles" / "local" / "config.yaml").read_text()
     assert "--resources gpu=1" not in text  # would never start the study's multi-GPU finetune
+
+
+@pytest.mark.parametrize("name", SLURM_PROFILES)
+def test_jobs_get_the_threads_of_their_cpus(name):
+    """Snakemake sets OMP_NUM_THREADS (torch's CPU threads) to a job's threads, 1 unless set."""
+    profile = load_profile(REPO_ROOT / "profiles" / name)
+    for rule in _rules():
+        resources = rule_resources(profile, rule, 1)
+        cpus = int(resources["cpus_per_task"])
+        per_process = cpus // int(resources.get("gpu") or 1) if rule == "finetune" else cpus
+        assert profile["set-threads"].get(rule, 1) == per_process, rule

@@ -92,3 +92,23 @@ def test_finetune_command_exits_at_once_while_another_trainer_runs(tmp_path, cap
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_another_nodes_record_blocks_while_squeue_lists_its_job(tmp_path, monkeypatch):
+    """Lustre with localflock: each node gets its own flock, so the record of a live job elsewhere counts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\n[ \"$3\" = 4711 ] && echo RUNNING\nexit 0\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = {"host": "gpu-node-17", "pid": 1234, "slurm_job_id": "4711", "since": "x"}
+    (folder / "trainer.lock").write_text(json.dumps(record))
+    with pytest.raises(RunLocked, match="host gpu-node-17, PID 1234, SLURM job 4711"), run_lock(folder):
+        pass
+    (folder / "trainer.lock").write_text(json.dumps({**record, "slurm_job_id": "4712"}))  # that job is gone
+    with run_lock(folder):
+        pass

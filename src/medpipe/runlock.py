@@ -7,7 +7,9 @@ it trains, and writes who holds it (host, PID, SLURM job id, since when) into th
 trainer exits at once naming the holder. The kernel (or the NFS / Lustre lock manager) releases the
 lock when the holder's process ends, however it ends, so a crash leaves nothing that blocks a rerun.
 On a file system without ``flock`` the file's contents decide: a holder whose process (same host)
-or SLURM job (``squeue``) is gone does not block.
+or SLURM job (``squeue``) is gone does not block. Lustre mounted with ``localflock`` grants each node
+its own locks; there a record left by a trainer on another node whose SLURM job ``squeue`` still
+lists blocks too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def _read(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def _slurm_job_alive(holder: dict) -> bool:
+    """Whether ``squeue`` lists the holder's SLURM job (False without a job id or without squeue)."""
+    job = holder.get("slurm_job_id")
+    if not job or job == os.environ.get("SLURM_JOB_ID") or not shutil.which("squeue"):
+        return False
+    result = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=60)
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
 def holder_alive(holder: dict) -> bool:
     """Without ``flock``: whether the recorded holder still runs (unknown counts as running)."""
     if not holder.get("pid"):
@@ -64,11 +75,8 @@ def holder_alive(holder: dict) -> bool:
         except PermissionError:
             return True
         return True
-    job = holder.get("slurm_job_id")
-    if job and shutil.which("squeue"):
-        result = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True,
-                                timeout=60)
-        return result.returncode == 0 and bool(result.stdout.strip())
+    if holder.get("slurm_job_id") and shutil.which("squeue"):
+        return _slurm_job_alive(holder)
     return True
 
 
@@ -84,6 +92,9 @@ def run_lock(folder) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = True
+            holder = _read(fd)  # node-local flock (Lustre localflock): another node's live SLURM job still counts
+            if holder.get("host") not in (None, socket.gethostname()) and _slurm_job_alive(holder):
+                raise RunLocked(_refusal(folder, holder))
         except BlockingIOError:
             holder = _read(fd)
             raise RunLocked(_refusal(folder, holder)) from None
