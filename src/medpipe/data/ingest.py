@@ -281,6 +281,7 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
                 log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
                 problem = f"{case.image_text}: unexpected error ({type(exc).__name__}: {exc})"
             else:
+                writer.add_objects(case.case_id, writer.case_group_of(case.case_id)["label"])
                 writer.case_done(case.case_id, case.patient_id)
                 continue
             refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text, problem))
