@@ -237,3 +237,21 @@ def test_shards_fill_before_a_new_file_is_made(tmp_path):
     reread = DatasetStore(store)
     for case_id in reread.case_ids:  # images that straddle shard boundaries read back whole
         assert reread.image(case_id).shape[:2] == reread.label(case_id).shape
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "1", "P", "I;16", "LA"])
+def test_png_decoding_matches_the_file_reader(mode, tmp_path):
+    """The corpus path decodes PNG bytes exactly as ingest reads PNG files (imageio)."""
+    from PIL import Image
+
+    from medpipe.io.layouts.sa_med2d_release import decode_png
+    from medpipe.io.readers import read_image
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8))
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 60000, (9, 7)).astype(np.uint16))
+    image.save(tmp_path / "x.png")
+    expected, _ = read_image(tmp_path / "x.png")
+    got = decode_png((tmp_path / "x.png").read_bytes(), "x.png")
+    assert got.dtype == np.asarray(expected).dtype
+    np.testing.assert_array_equal(got, np.asarray(expected))

@@ -160,7 +160,7 @@ def test_a_lost_ingest_part_reruns_alone_and_gives_the_same_store(data_run):
 
 def test_set_scatter_changes_the_number_of_parts(data_run):
     repo_root, workdir, _, _ = data_run
-    dry = snakemake(workdir, repo_root, "-n", "--set-scatter", "ingest_part=3", "results/data/demo_sa_med2d.zarr")
+    dry = snakemake(workdir, repo_root, "-n", "results/data/demo_sa_med2d.zarr", "--set-scatter", "ingest_part=3")
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts["ingest_part"] == 3 and counts["ingest_plan"] == 1
