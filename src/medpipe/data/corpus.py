@@ -58,12 +58,13 @@ def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
     source = find_source(spec, dataset)
     include = compile_regex(spec, "include", (), dataset)
     patient_re = compile_regex(spec, "patient_id", ("patient",), dataset)
+    archive = ZipIndex(source, dataset) if source.kind == "zip" else None  # the only read of the member table
+    source = archive.source if archive is not None else source
     remove_stale(out)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    archive = ZipIndex(source) if source.kind == "zip" else None
     handles = [open(partial / part_file(k), "w", encoding="utf-8") for k in range(parts)]
     counts, skipped = [0] * parts, 0
     try:
@@ -79,6 +80,9 @@ def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
             counts[k] += 1
     except (sa_med2d.IndexError_, UnicodeDecodeError) as exc:
         raise DatasetConfigError(f"datasets.{dataset}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     finally:
         for handle in handles:
             handle.close()

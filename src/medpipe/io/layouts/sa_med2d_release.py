@@ -59,7 +59,7 @@ def find_source(spec: dict, dataset: str) -> Source:
     if spec.get("root"):
         root = Path(spec["root"])
         if (root / ZIP_NAME).is_file():
-            return Source("zip", str(root / ZIP_NAME), _zip_base(root / ZIP_NAME, dataset))
+            return Source("zip", str(root / ZIP_NAME))  # base: found by ZipIndex (one read of the member table)
         if (root / BASE / INDEX).is_file():
             return Source("folder", str(root / BASE))
         raise DatasetConfigError(f"datasets.{dataset}.root: neither {root / ZIP_NAME} nor {root / BASE / INDEX} "
@@ -70,16 +70,14 @@ def find_source(spec: dict, dataset: str) -> Source:
     return Source("folder", str(index.parent))
 
 
-def _zip_base(path: Path, dataset: str) -> str:
+def _zip_base(archive: zipfile.ZipFile, path: str, dataset: str) -> str:
     """The folder of ``SAMed2D_v1.json`` inside the archive (``SAMed2Dv1`` in the release)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n == INDEX or n.endswith("/" + INDEX)]
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise DatasetConfigError(f"datasets.{dataset}.root: {path} is not a readable zip ({exc})") from exc
+    if f"{BASE}/{INDEX}" in archive.NameToInfo:
+        return BASE
+    names = [n for n in archive.namelist() if n == INDEX or n.endswith("/" + INDEX)]
     if not names:
         raise DatasetConfigError(f"datasets.{dataset}.root: {path} holds no {INDEX}")
-    name = sorted(names, key=lambda n: (n != f"{BASE}/{INDEX}", n))[0]
+    name = sorted(names)[0]
     return member_name(name.rsplit("/", 1)[0], path) if "/" in name else ""
 
 
@@ -100,9 +98,12 @@ class Member:
 class ZipIndex:
     """The planning step's view of the archive: the member table (read once) and the index stream."""
 
-    def __init__(self, source: Source):
-        self.source = source
-        self.archive = zipfile.ZipFile(source.path)
+    def __init__(self, source: Source, dataset: str):
+        try:
+            self.archive = zipfile.ZipFile(source.path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise DatasetConfigError(f"datasets.{dataset}.root: {source.path} is not a readable zip ({exc})") from exc
+        self.source = Source("zip", source.path, _zip_base(self.archive, source.path, dataset))
 
     def close(self) -> None:
         self.archive.close()
