@@ -87,9 +87,9 @@ class PartWriter:
         self.root = zarr.open_group(str(path), mode="w", zarr_format=3)
         self.root.attrs["medpipe"] = {"part": part, "parts": parts, COMPLETE_FLAG: False}
         self.image = FlatWriter(self.root, "image", np.uint8, min(IMAGE_CHUNK, image_shard), image_shard)
-        # labels: uint16, half as many elements per shard for the same bytes
-        self.label = FlatWriter(self.root, "label", np.uint16, max(1, min(IMAGE_CHUNK, image_shard) // 2),
-                                max(1, image_shard // 2))
+        # labels: uint16, as many elements per chunk and shard as the images (mostly zeros: they compress
+        # far better, so a label shard file is smaller than an image shard file, and there are as many)
+        self.label = FlatWriter(self.root, "label", np.uint16, min(IMAGE_CHUNK, image_shard), image_shard)
         self.text: dict[str, list[str]] = {name: [] for name in TEXT_COLUMNS}
         self.numbers: dict[str, list[int]] = {name: [] for name in NUMERIC_COLUMNS}
         self.objects = {"rows": [], "counts": [], "heights": [], "widths": [], "ids": [], "areas": [], "boxes": []}
