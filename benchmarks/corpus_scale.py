@@ -11,8 +11,10 @@ Measurements (``--measure``; one function each, ``main`` runs the selected ones)
   images/s per core (images / CPU seconds of the job processes, all threads), files created per
   image, peak RSS per part, and projects the whole corpus (3.7 M images) on 64 parts.
 * ``member_table``: a zip of ``--members`` members named like the release's; the time and memory
-  ``zipfile.ZipFile`` needs to read its member table (central directory), scaled to 19.5 M members.
-  Only the planning job pays it; a part job reads the byte offsets the plan recorded.
+  ``zipfile.ZipFile`` needs to read its member table (central directory), and those of the planning
+  step's stream over it (``medpipe.data.corpus._plan_members``: one block in memory, each member's
+  place written to the member file of its part, 64 parts), scaled to 19.5 M members. A part job
+  loads only its own member file.
 
 ``pool`` rendered images (with their masks) per size are reused under new names, so generation is
 fast; ingest still reads, decodes, checks and stores every image. The zip is written with stored
@@ -54,6 +56,14 @@ def _rss_mib() -> float:
     """The current resident set (VmRSS) of this process."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _hwm_mib() -> float:
+    """The peak resident set (VmHWM) of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -107,16 +117,33 @@ def child_cases(index: str, out: str, quarantine: str) -> dict:
 
 
 def child_member_table(path: str) -> dict:
+    import medpipe.data.corpus  # noqa: F401  (the same imports as member_scan, before the measurement)
+
     before = _rss_mib()
     start = time.perf_counter()
     with zipfile.ZipFile(path) as archive:
         members = len(archive.infolist())
         seconds = time.perf_counter() - start
         after = _rss_mib()
-    return {"members": members, "seconds": seconds, "mib": after - before}
+    return {"members": members, "seconds": seconds, "mib": after - before, "peak_mib": _hwm_mib()}
 
 
-CHILDREN = {"plan": child_plan, "part": child_part, "gather": child_gather, "cases": child_cases,
+def child_member_scan(path: str, folder: str, parts: str) -> dict:
+    """The planning step's pass over the member table: stream the central directory, write each
+    image's and mask's place to the member file of its part (medpipe.data.corpus._plan_members)."""
+    from medpipe.data.corpus import _plan_members
+    from medpipe.io.layouts.sa_med2d_release import Source
+
+    before = _rss_mib()
+    start = time.perf_counter()
+    _plan_members(Source("zip", path), int(parts), Path(folder), "bench")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "mib": _rss_mib() - before, "peak_mib": _hwm_mib(),
+            "part_file_mib": max(f.stat().st_size for f in Path(folder).glob("members-*")) / 2**20}
+
+
+CHILDREN = {"member_scan": child_member_scan, "plan": child_plan, "part": child_part, "gather": child_gather,
+            "cases": child_cases,
             "member_table": child_member_table}
 
 
@@ -201,6 +228,7 @@ def write_member_zip(path: Path, members: int) -> float:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for k in range(members):
             archive.writestr(f"SAMed2Dv1/masks/{image_name(k // 4, 5)}--{k % 4:04d}_000.png", b"x")
+        archive.writestr("SAMed2Dv1/SAMed2D_v1.json", b"{}")  # the planner looks for it
     return time.perf_counter() - start
 
 
@@ -208,9 +236,14 @@ def measure_member_table(args, work: Path) -> dict:
     seconds = write_member_zip(work / "members.zip", args.members)
     print(f"wrote a zip of {args.members} members in {seconds:.0f} s", file=sys.stderr)
     result = run_child("member_table", work / "members.zip")
+    (work / "scan").mkdir()
+    scan = run_child("member_scan", work / "members.zip", work / "scan", PARTS_AT_SCALE)
     scale = CORPUS_MEMBERS / result["members"]
-    return {**result, "zip_mib": (work / "members.zip").stat().st_size / 2**20,
-            "scaled_seconds": result["seconds"] * scale, "scaled_gib": result["mib"] * scale / 1024}
+    return {"zipfile": {**result, "scaled_seconds": result["seconds"] * scale,
+                        "scaled_gib": result["mib"] * scale / 1024},
+            "stream": {**scan, "scaled_seconds": scan["seconds"] * scale,
+                       "part_member_file_mib_at_scale": scan["part_file_mib"] * scale},
+            "zip_mib": (work / "members.zip").stat().st_size / 2**20}
 
 
 MEASUREMENTS = {"ingest": measure_ingest, "member_table": measure_member_table}

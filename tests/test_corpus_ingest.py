@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpipe.data.corpus import gather_corpus, ingest_part, part_file, plan_corpus
+from medpipe.data.corpus import gather_corpus, ingest_part, part_file, plan_corpus, read_members
 from medpipe.data.ingest import ingest_dataset
 from medpipe.data.objects import ObjectTable
 from medpipe.io.quarantine import read_quarantine
@@ -210,10 +210,50 @@ def test_the_plan_is_the_same_from_zip_and_folder_and_splits_by_name(corpus, tmp
     for k in range(3):
         a = [json.loads(line) for line in (tmp_path / "a" / part_file(k)).read_text().splitlines()]
         b = [json.loads(line) for line in (tmp_path / "b" / part_file(k)).read_text().splitlines()]
-        assert [r["case"] for r in a] == [r["case"] for r in b]
-        assert all(len(r["members"]) == 1 + len(r["masks"]) for r in a) and all("members" not in r for r in b)
+        assert a == b and a
+        # the part's member file holds exactly its images and masks: no part holds the whole member table
+        members = read_members(tmp_path / "a", k)
+        assert set(members) == {f"SAMed2Dv1/{n}" for r in a for n in (r["key"], *r["masks"])}
     summary = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert sum(summary["images"]) == 24 and summary["source"]["kind"] == "zip"
+    assert summary["source"]["base"] == "SAMed2Dv1" and summary["stray_members"] == 0
+
+
+def test_members_not_named_after_their_image_are_placed_by_the_index(corpus, tmp_path):
+    good = zipfile.ZipFile(corpus / "zipped" / "data.zip")
+    index = json.loads(good.read("SAMed2Dv1/SAMed2D_v1.json"))
+    members = {n: good.read(n) for n in good.namelist() if n != "SAMed2Dv1/SAMed2D_v1.json"}
+    key = next(iter(index))
+    old = index[key][0]
+    members["SAMed2Dv1/masks/renamed.png"] = members.pop(f"SAMed2Dv1/{old}")
+    index[key] = ["masks/renamed.png", *index[key][1:]]
+    (tmp_path / "z").mkdir()
+    _zip_with(tmp_path / "z" / "data.zip", index, members)
+    store = DatasetStore(run_parts(tmp_path / "z", tmp_path / "out", parts=3))
+    assert store.case_count == 24 and not read_quarantine(tmp_path / "out" / "quarantine.tsv")
+    assert json.loads((tmp_path / "out" / "plan" / "plan.json").read_text())["stray_members"] == 1
+
+
+def test_the_central_directory_stream_equals_zipfile(tmp_path):
+    """Including a zip64 end record (more than 65535 members) and a deflated index read as a stream."""
+    from medpipe.io.layouts.sa_med2d_release import Member, iter_members, open_member_text, zip64_extra
+
+    path = tmp_path / "big.zip"
+    text = json.dumps({f"images/x{k}.png": [f"masks/x{k}--0000_000.png"] for k in range(3000)})
+    with zipfile.ZipFile(path, "w") as archive:
+        for k in range(66_000):
+            archive.writestr(f"SAMed2Dv1/masks/x{k}--0000_000.png", b"m" * (k % 7))
+        archive.writestr("SAMed2Dv1/SAMed2D_v1.json", text, compress_type=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as archive:
+        expected = {i.filename: [i.header_offset, i.compress_size, i.file_size, i.compress_type, i.CRC]
+                    for i in archive.infolist()}
+    got = {name: list(where) for name, where in iter_members(path, block=1 << 16)}
+    assert got == expected and len(got) > 65535
+    member = Member(*next(w for n, w in iter_members(path) if n.endswith(".json")))
+    assert open_member_text(str(path), "SAMed2Dv1/SAMed2D_v1.json", member).read() == text
+    extra = b"\x99\x99\x02\x00ab" + (1).to_bytes(2, "little") + (16).to_bytes(2, "little") + \
+        (5 << 32).to_bytes(8, "little") + (7 << 33).to_bytes(8, "little")
+    assert zip64_extra(extra, 10, 0xFFFFFFFF, 0xFFFFFFFF) == (10, 5 << 32, 7 << 33)
 
 
 def test_file_count_does_not_grow_with_the_cases(tmp_path):

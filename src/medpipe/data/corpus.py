@@ -30,8 +30,20 @@ from medpipe.files import write_text
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import DatasetConfigError, case_id_problem, compile_regex
 from medpipe.io.layouts import sa_med2d
-from medpipe.io.layouts.sa_med2d_release import Reader, Source, ZipIndex, check_name, decode_png, find_source
-from medpipe.io.paths import PathEscapeError
+from medpipe.io.layouts.sa_med2d_release import (
+    BASE,
+    INDEX,
+    Member,
+    Reader,
+    Source,
+    check_name,
+    decode_png,
+    find_source,
+    iter_members,
+    open_member_text,
+    owner_of,
+)
+from medpipe.io.paths import PathEscapeError, member_name
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.store import remove_stale
 
@@ -50,6 +62,11 @@ def part_of(case_id: str, parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(case_id.encode(), digest_size=8).digest(), "little") % parts
 
 
+def member_file(k: int) -> str:
+    """Per part: ``offset, compressed, size, method, crc, name`` of its zip members, tab-separated."""
+    return f"members-{k:05d}.tsv"
+
+
 def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
     """Stream the index once and write the plan folder ``out`` (module docstring); returns its summary."""
     if parts < 1:
@@ -58,37 +75,44 @@ def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
     source = find_source(spec, dataset)
     include = compile_regex(spec, "include", (), dataset)
     patient_re = compile_regex(spec, "patient_id", ("patient",), dataset)
-    archive = ZipIndex(source, dataset) if source.kind == "zip" else None  # the only read of the member table
-    source = archive.source if archive is not None else source
     remove_stale(out)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    handles = [open(partial / part_file(k), "w", encoding="utf-8") for k in range(parts)]
-    counts, skipped = [0] * parts, 0
+    counts, skipped, strays = [0] * parts, 0, {}
     try:
-        index_handle = archive.index_handle() if archive is not None else None
-        for key, masks in sa_med2d.iter_index(source.index_name, handle=index_handle):
-            name = key.rsplit("/", 1)[-1]
-            if include is not None and not include.search(name):
-                skipped += 1
-                continue
-            record = _plan_entry(key, masks, name, source, archive, patient_re)
-            k = part_of(record["case"], parts)
-            handles[k].write(json.dumps(record, separators=(",", ":")) + "\n")
-            counts[k] += 1
-    except (sa_med2d.IndexError_, UnicodeDecodeError) as exc:
+        index_handle = None
+        if source.kind == "zip":
+            source, index_member = _plan_members(source, parts, partial, dataset)
+            index_handle = open_member_text(source.path, f"{source.base}/{INDEX}".lstrip("/"), index_member)
+        handles = [open(partial / part_file(k), "w", encoding="utf-8") for k in range(parts)]
+        try:
+            for key, masks in sa_med2d.iter_index(source.index_name, handle=index_handle):
+                name = key.rsplit("/", 1)[-1]
+                if include is not None and not include.search(name):
+                    skipped += 1
+                    continue
+                record = _plan_entry(key, masks, name, source, patient_re)
+                k = part_of(record["case"], parts)
+                handles[k].write(json.dumps(record, separators=(",", ":")) + "\n")
+                counts[k] += 1
+                for member in (record["key"], *record["masks"]) if record["problem"] is None else ():
+                    if owner_of(member) != record["case"]:  # not named after its image: placed by the index
+                        strays[f"{source.base}/{member}".lstrip("/")] = k
+        finally:
+            for handle in handles:
+                handle.close()
+        if strays:
+            _place_strays(source, strays, partial)
+    except (sa_med2d.IndexError_, UnicodeDecodeError, CaseProblem) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
         raise DatasetConfigError(f"datasets.{dataset}: {exc}") from exc
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    finally:
-        for handle in handles:
-            handle.close()
-        if archive is not None:
-            archive.close()
-    summary = {"dataset": dataset, "source": asdict(source), "parts": parts, "images": counts, "skipped": skipped}
+    summary = {"dataset": dataset, "source": asdict(source), "parts": parts, "images": counts, "skipped": skipped,
+               "stray_members": len(strays)}
     write_text(partial / PLAN_FILE, json.dumps(summary, indent=1) + "\n")
     publish_folder(partial, out)
     log.info("%s: planned %d images in %d parts from %s (%d left out by include)", dataset, sum(counts), parts,
@@ -96,7 +120,62 @@ def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
     return summary
 
 
-def _plan_entry(key, masks, name: str, source: Source, archive: ZipIndex | None, patient_re) -> dict:
+def _plan_members(source: Source, parts: int, folder: Path, dataset: str) -> tuple[Source, Member]:
+    """One stream over the zip's central directory: each image or mask member's place goes to the
+    member file of its image's part (by name); returns the source with the index's folder, and the
+    index member. Memory: one block of the directory, whatever the number of members."""
+    handles = [open(folder / member_file(k), "w", encoding="utf-8") for k in range(parts)]
+    candidates: dict[str, Member] = {}
+    try:
+        for name, where in iter_members(source.path):
+            owner = owner_of(name)
+            if owner is not None:
+                if "\n" not in name and "\r" not in name:  # (such a name cannot be a line: not found, quarantined)
+                    handles[part_of(owner, parts)].write(_member_line(name, where))
+            elif name == INDEX or name.endswith("/" + INDEX):
+                candidates[name] = Member(*where)
+    finally:
+        for handle in handles:
+            handle.close()
+    if not candidates:
+        raise DatasetConfigError(f"datasets.{dataset}.root: {source.path} holds no {INDEX}")
+    name = f"{BASE}/{INDEX}" if f"{BASE}/{INDEX}" in candidates else sorted(candidates)[0]
+    base = member_name(name.rsplit("/", 1)[0], source.path) if "/" in name else ""
+    return Source("zip", source.path, base), candidates[name]
+
+
+def _place_strays(source: Source, strays: dict[str, int], folder: Path) -> None:
+    """Members the index lists under a name that does not name their image: a second pass over the
+    directory appends them to the member file of the part the index put them in (none in the release)."""
+    handles: dict[int, object] = {}
+    try:
+        for name, where in iter_members(source.path):
+            k = strays.get(name)
+            if k is not None and "\n" not in name and "\r" not in name:
+                if k not in handles:
+                    handles[k] = open(folder / member_file(k), "a", encoding="utf-8")
+                handles[k].write(_member_line(name, where))
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _member_line(name: str, where: tuple) -> str:
+    return "\t".join(map(str, where)) + f"\t{name}\n"
+
+
+def read_members(plan: Path, part: int) -> dict[str, list[int]]:
+    """The zip member places of one part (its images and masks only: a part never holds the member
+    table of the whole archive)."""
+    members = {}
+    with open(plan / member_file(part), encoding="utf-8", newline="\n") as lines:
+        for line in lines:
+            *where, name = line[:-1].split("\t", 5)
+            members[name] = [int(value) for value in where]
+    return members
+
+
+def _plan_entry(key, masks, name: str, source: Source, patient_re) -> dict:
     """One index entry as a plan record; a problem found by name is recorded, not raised."""
     case_id = name[: -len(".png")] if name.lower().endswith(".png") else name.rsplit(".", 1)[0]
     record = {"case": case_id, "key": key, "masks": [], "patient": sa_med2d.patient_of(case_id), "problem": None}
@@ -118,9 +197,6 @@ def _plan_entry(key, masks, name: str, source: Source, archive: ZipIndex | None,
     except PathEscapeError as exc:
         problem = f"refused: {exc}"
     record["problem"] = problem
-    if problem is None and archive is not None:
-        record["members"] = [m.to_list() if (m := archive.member(n)) is not None else None
-                             for n in (record["key"], *record["masks"])]
     return record
 
 
@@ -132,7 +208,7 @@ def ingest_part(dataset: str, spec: dict, plan: str | Path, part: int, out: str 
     if not 0 <= part < summary["parts"]:
         raise DatasetConfigError(f"{plan}: part {part + 1} of {summary['parts']} does not exist")
     source = Source(**summary["source"])
-    reader = Reader(source)
+    reader = Reader(source, read_members(plan, part) if source.kind == "zip" else None)
     remove_stale(out)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
@@ -177,9 +253,8 @@ def ingest_part(dataset: str, spec: dict, plan: str | Path, part: int, out: str 
 
 def _read_case(record: dict, reader: Reader) -> tuple[np.ndarray, np.ndarray]:
     """The image and instance label of one plan record (``CaseProblem`` when it cannot be ingested)."""
-    members = record.get("members") or [None] * (1 + len(record["masks"]))
     where = reader.where(record["key"])
-    image = decode_png(reader.read(record["key"], members[0], "image"), where)
+    image = decode_png(reader.read(record["key"], "image"), where)
     if image.dtype != np.uint8:
         raise CaseProblem(f"{where}: {image.dtype} image; the packed corpus store holds 8-bit images")
     if image.size == 0 or image.min() == image.max():
@@ -187,7 +262,7 @@ def _read_case(record: dict, reader: Reader) -> tuple[np.ndarray, np.ndarray]:
     names = record["masks"]
 
     def read_mask(k: int) -> np.ndarray:
-        mask = decode_png(reader.read(names[k], members[k + 1], "mask"), reader.where(names[k]))
+        mask = decode_png(reader.read(names[k], "mask"), reader.where(names[k]))
         return sa_med2d.foreground_of(mask, mask.ndim == 3)
 
     label, _ = sa_med2d.merge_masks(record["case"], names, image.shape[:2], read_mask, where)
