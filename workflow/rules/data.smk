@@ -66,7 +66,7 @@ rule ingest_plan:
     benchmark:
         job_benchmark("ingest_plan", "{dataset}")
     resources:
-        **job_resources(mem_mb=16000, runtime=240),
+        **job_resources(mem_mb=4000, runtime=240),
     shell:
         "medpipe ingest-plan --config {params.config:q} --dataset {wildcards.dataset:q} --parts {params.parts:q} "
         "--out {output:q} > {log:q} 2>&1"

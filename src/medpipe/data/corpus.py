@@ -2,9 +2,10 @@
 
 * **plan** (one job) streams the JSON index once (from ``data.zip`` or the folder) and writes one
   JSON-lines file per part: each image's key, its sorted mask names, its problem found by name (an
-  escaping or invalid name, no masks), and for the zip where each member's bytes are. An image goes
-  to part ``hash(case id) % parts``: fixed by the name, so the same release gives the same parts
-  from the zip and from the folder. Only this job holds the zip's member table.
+  escaping or invalid name, no masks). For the zip it first streams the central directory once and
+  writes where each member's bytes are into the member file of its image's part (constant memory:
+  no job ever holds the whole member table). An image goes to part ``hash(case id) % parts``: fixed
+  by the name, so the same release gives the same plan from the zip and from the folder.
 * **part** (one job per part, Snakemake ``scattergather``) reads its images and masks, merges the
   masks by the reference's rules (``medpipe.io.layouts.sa_med2d``), and writes its own folder
   (sharded flat arrays, columns, object table, quarantine rows), built as ``.partial-<pid>`` and
