@@ -295,3 +295,23 @@ def test_png_decoding_matches_the_file_reader(mode, tmp_path):
     got = decode_png((tmp_path / "x.png").read_bytes(), "x.png")
     assert got.dtype == np.asarray(expected).dtype
     np.testing.assert_array_equal(got, np.asarray(expected))
+
+
+def test_generated_corpus_is_reproducible_and_release_like(tmp_path):
+    a = write_corpus(tmp_path / "a", 40, seed=5, largest=64, per_case=5)
+    write_corpus(tmp_path / "b", 40, seed=5, largest=64, per_case=5)
+    assert (tmp_path / "a" / "data.zip").read_bytes() == (tmp_path / "b" / "data.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a" / "data.zip") as archive:
+        index = json.loads(archive.read("SAMed2Dv1/SAMed2D_v1.json"))
+        assert len(index) == 40 and sum(map(len, index.values())) == a["masks"]
+        assert all(1 <= len(masks) <= 15 for masks in index.values())
+        for key, masks in list(index.items())[:4]:
+            from medpipe.io.layouts.sa_med2d_release import decode_png
+
+            image = decode_png(archive.read(f"SAMed2Dv1/{key}"), key)
+            assert image.ndim == 3 and (image[..., 0] == image[..., 2]).all()  # 3 identical channels
+            mask = decode_png(archive.read(f"SAMed2Dv1/{masks[0]}"), masks[0])
+            assert mask.shape == image.shape[:2] and set(np.unique(mask).tolist()) <= {0, 255}
+            assert masks[0].startswith(key.replace("images/", "masks/")[:-4] + "--")
+    sizes = {tuple(s) for s in a["sizes"]}
+    assert (64, 64) in sizes and len(sizes) == 4

@@ -79,8 +79,10 @@ def write_corpus(out: str | Path, images: int, seed: int = 0, largest: int = 512
     rendered: dict[tuple[int, int], tuple[bytes, list[bytes]]] = {}
 
     def put(name: str, data: bytes) -> None:
-        if archive is not None:
-            archive.writestr(f"SAMed2Dv1/{name}", data)
+        if archive is not None:  # a fixed time stamp: the same corpus is the same bytes
+            info = zipfile.ZipInfo(f"SAMed2Dv1/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            archive.writestr(info, data, compresslevel=1 if method == zipfile.ZIP_DEFLATED else None)
         else:
             path = out / "SAMed2Dv1" / name
             path.parent.mkdir(parents=True, exist_ok=True)
