@@ -81,6 +81,10 @@ def test_packed_store_reads_like_the_per_case_store(corpus, tmp_path):
     for table in (packed.object_table(), cases.object_table()):
         for name, values in expected.to_arrays().items():
             np.testing.assert_array_equal(getattr(table, name), values, err_msg=name)
+    for row, case_id in enumerate(cases.case_ids):  # by row (the object table's `case`), both layouts
+        np.testing.assert_array_equal(packed.image_at(row), cases.image_at(row))
+        np.testing.assert_array_equal(packed.label_at(row), cases.label_at(row))
+        np.testing.assert_array_equal(packed.image_at(row, grey=True), cases.image(case_id)[..., 0])
     grey = zarr_column(packed.path, "grey")
     assert grey.all()  # the generated images have identical channels
 

@@ -93,6 +93,7 @@ class DatasetStore:
             raise StoreError(f"{self.path}: ingest did not complete (store is not marked complete)")
         self._attrs = dict(self._root.attrs)
         self._packed = PackedCases(self._root, self.path) if meta.get("layout") == "packed" else None
+        self._ids_cache: np.ndarray | None = None  # case ids by row, for image_at/label_at on the per-case layout
 
     @property
     def layout(self) -> str:
@@ -185,6 +186,25 @@ class DatasetStore:
     def label(self, case_id: str) -> np.ndarray:
         return self.label_array(case_id)[...]
 
+    def image_at(self, row: int, grey: bool = False) -> np.ndarray:
+        """The image of row ``row`` of :meth:`case_index` (the object table's ``case``), without a
+        lookup by id. ``grey``: an image whose identical channels the packed layout stored once is
+        returned as stored, (Y, X) (a loader then never copies three channels)."""
+        if self._packed is not None:
+            return self._packed.read(int(row), "image", grey)
+        return self.image(self._id_at(row))
+
+    def label_at(self, row: int) -> np.ndarray:
+        """The label of row ``row`` of :meth:`case_index`."""
+        if self._packed is not None:
+            return self._packed.read(int(row), "label")
+        return self.label(self._id_at(row))
+
+    def _id_at(self, row: int) -> str:
+        if self._ids_cache is None:
+            self._ids_cache = self.case_index()[0]
+        return self._ids_cache[int(row)].decode()
+
     def info(self, case_id: str) -> CaseInfo:
         attrs = self._packed.attrs(case_id) if self._packed is not None else dict(self._case(case_id).attrs)
         return CaseInfo(
@@ -208,10 +228,16 @@ class PackedCases:
         self._columns: dict[str, np.ndarray] = {}
         self._parts: dict[tuple[int, str], zarr.Array] = {}
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """The numeric per-case columns (~30 bytes a case), read once."""
+        if not self._columns:
+            self._columns = {name: self._root["columns"][name][...] for name in self.COLUMNS}
+        return self._columns
+
     def row(self, case_id: str) -> int:
+        self.columns()
         if self._ids is None:
             self._ids = _unpack(self._root["index"]["case_id"][...])
-            self._columns = {name: self._root["columns"][name][...] for name in self.COLUMNS}
         key = case_id.encode()
         row = int(np.searchsorted(self._ids, key))
         if row >= len(self._ids) or self._ids[row] != key:
@@ -223,22 +249,22 @@ class PackedCases:
             self._parts[part, role] = self._root["parts"][str(part)][role]
         return self._parts[part, role]
 
-    def read(self, row: int, role: str) -> np.ndarray:
+    def read(self, row: int, role: str, grey: bool = False) -> np.ndarray:
         """The pixels of index row ``row`` as ingested: a grey image stored once is given back
-        with its identical channels (lossless)."""
-        c = self._columns
+        with its identical channels (lossless), or as stored when ``grey``."""
+        c = self.columns()
         height, width, channels = int(c["height"][row]), int(c["width"][row]), int(c["channels"][row])
         stored = 1 if role == "label" or c["grey"][row] else channels
         start = int(c[f"{role}_offset"][row])
         flat = self._flat(int(c["part"][row]), role)[start:start + height * width * stored]
-        if role == "label" or channels == 1:
+        if role == "label" or channels == 1 or (grey and stored == 1):
             return flat.reshape(height, width)
         pixels = flat.reshape(height, width, stored)
         return np.repeat(pixels, channels, axis=2) if stored == 1 else pixels
 
     def array(self, case_id: str, role: str) -> PackedArray:
         row = self.row(case_id)
-        c = self._columns
+        c = self.columns()
         channels = int(c["channels"][row])
         shape = (int(c["height"][row]), int(c["width"][row])) + ((channels,) if role == "image" and channels > 1
                                                                  else ())
