@@ -164,3 +164,12 @@ def test_set_scatter_changes_the_number_of_parts(data_run):
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts["ingest_part"] == 3 and counts["ingest_plan"] == 1
+
+
+def test_edited_part_count_replans_the_corpus_only(data_run, tmp_path):
+    repo_root, workdir, config, _ = data_run
+    edited = copy.deepcopy(config)
+    edited["ingest"] = {**config["ingest"], "parts": 3}
+    configfile = tmp_path / "edited.yaml"
+    configfile.write_text(yaml.safe_dump(edited))
+    assert params_changes(workdir, repo_root, configfile) == {"results/data/demo_sa_med2d.plan"}

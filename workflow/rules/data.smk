@@ -35,7 +35,7 @@ rule ingest:
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
-        ingest=canonical(without_guards(config["ingest"], "allow_empty")),
+        ingest=canonical(without_guards(config["ingest"], "allow_empty", "parts")),  # parts: the corpus only
         config=config_snapshot,
     log:
         job_log("ingest", "{dataset}"),
