@@ -32,11 +32,11 @@ class StoreError(RuntimeError):
 
 def array_codecs() -> dict:
     """The codec arguments of every array medpipe creates in a store (both layouts, the object
-    table, the index): one place to change compression or add checksums. zstd level 3 (zarr's
-    default codec, set explicitly so a zarr upgrade does not change the stores)."""
+    table, the index): one place to change compression or add checksums. zstd at its default level
+    (zarr v3's default codec, ``level=0``, spelled out so a zarr upgrade does not change the stores)."""
     from zarr.codecs import ZstdCodec
 
-    return {"compressors": ZstdCodec(level=3)}
+    return {"compressors": ZstdCodec(level=0, checksum=False)}
 
 
 OBJECTS_GROUP = "objects"
@@ -435,8 +435,8 @@ class StoreWriter:
                    sha256: dict | None = None) -> None:
         """Store one in-memory case whole, with the attributes of the data contract."""
         group = self.case_group(case_id)
-        group.create_array("image", data=np.asarray(image))
-        group.create_array("label", data=np.asarray(label))
+        group.create_array("image", data=np.asarray(image), **array_codecs())
+        group.create_array("label", data=np.asarray(label), **array_codecs())
         group.attrs.update({"case_id": case_id, "patient_id": patient_id, "modality": modality,
                             "spacing": [float(s) for s in spacing], "orientation": orientation,
                             "source": source or {}, "sha256": sha256 or {},
@@ -457,7 +457,7 @@ class StoreWriter:
         for name, values in (("case_id", cases[order]), ("patient_id", patients[order])):
             packed = _pack(values)
             index.create_array(name, data=packed, chunks=(INDEX_ROWS, packed.shape[1]),
-                               dimension_names=["case", "byte"])
+                               dimension_names=["case", "byte"], **array_codecs())
         self._root.attrs["case_count"] = int(len(cases))
         self._write_objects([value.decode() for value in cases[order].tolist()])
 
