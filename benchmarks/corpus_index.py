@@ -137,7 +137,8 @@ def child_dry_run(root: str, entries: int, repeat: int = 3) -> dict:
     from dag_fixtures import job_counts, placeholder_config, timed_dry_run
 
     configfile, config = placeholder_config(Path(root), cases_per_dataset=2, index_entries=int(entries))
-    index = Path(next(s["index"] for s in config["datasets"].values() if s.get("layout") == "sa_med2d"))
+    spec = next(s for s in config["datasets"].values() if s.get("layout") == "sa_med2d")
+    index = Path(spec["index"]) if "index" in spec else Path(spec["root"]) / "SAMed2Dv1" / "SAMed2D_v1.json"
     times = []
     for _ in range(int(repeat)):
         seconds, result = timed_dry_run(Path(root), configfile)

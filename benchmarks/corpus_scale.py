@@ -1,392 +1,309 @@
-"""SA-Med2D-20M at the paper's scale: finetune start-up and the training loader (issue 18).
+"""The SA-Med2D corpus at scale: ingest in parts (packed store) against today's per-case ingest.
 
-This file holds the training half of issue 18's benchmark (the ingest half is added beside it);
-each part is a function run by ``main`` and chosen with ``--only``:
+Measurements (``--measure``; one function each, ``main`` runs the selected ones):
 
-* **startup** (:func:`bench_startup`): finetune start-up until the train and val items are ready
-  (``build_items`` as the trainer calls it, twice) at ``--images`` images (3.7 M by default) with
-  ~4.3 objects each: a synthetic object table of that size (arrays only, no image), a store whose
-  case index has that many cases, and a corpus table of that many rows (90/10 train/val). The
-  object table is read from ``.npy`` files inside the timed region (what reading it from the store
-  costs is the ingest half's). Against **today's** start-up: the label scan of ``build_items``
-  before issue 18 (kept verbatim in ``tests/legacy_samples.py``) measured per image on
-  ``--scan-images`` SA-Med2D-like images in today's per-case store and scaled to ``--images``, and
-  the memory of today's item list (one Python ``Item`` per image) measured at full size.
-* **loader** (:func:`bench_loader`): one loader worker's CPU time per sample and bytes handed to
-  the trainer, at patch 512 / input 1024 (the study's settings), on ``--loader-images`` generated
-  SA-Med2D-like images (grey uint8, sizes 512², 290x320, 181x258, 155x225, 1024², 1-15 objects,
-  ~4.3 on average): today's sample path (float32 at the input size, made by the worker) against
-  the lean one (uint8; the 1024 stage, timed separately here on the CPU, runs on the GPU in
-  training). Samples/s per core = 1 / CPU seconds per sample with one thread.
+* ``ingest``: generates an SA-Med2D-like corpus (``medpipe.synth.sa_med2d``: the release's image
+  sizes 512², 290×320, 181×258, 155×225 in turn, 3-channel identical PNGs, 1-15 masks, ~4.3 on
+  average) as ``data.zip``, and ingests it through plan -> parts -> gather, each step in its own
+  process (CPU time and peak RSS per process). Today's path (``medpipe ingest``, per-case layout,
+  which cannot read the zip) ingests the first ``--baseline-images`` of the same corpus from the
+  unpacked folder, in the same run, and so does the new path (same input, same images). Reports
+  images/s per core (images / CPU seconds of the job processes, all threads), files created per
+  image, peak RSS per part, and projects the whole corpus (3.7 M images) on 64 parts.
+* ``member_table``: a zip of ``--members`` members named like the release's; the time and memory
+  ``zipfile.ZipFile`` needs to read its member table (central directory), and those of the planning
+  step's stream over it (``medpipe.data.corpus._plan_members``: one block in memory, each member's
+  place written to the member file of its part, 64 parts), scaled to 19.5 M members. A part job
+  loads only its own member file.
+* ``startup`` and ``loader``: finetune start-up at ``--startup-images`` (3.7 M) from an object table
+  and the lean training loader, each against today's path in the same run; they live in
+  ``benchmarks/corpus_training.py``, run here as a subprocess.
 
-Each measurement runs in its own subprocess; peak RSS is that process's ``VmHWM``. Prints JSON
-lines and a summary with the ratios against today's path.
+``pool`` rendered images (with their masks) per size are reused under new names, so generation is
+fast; ingest still reads, decodes, checks and stores every image. The zip is written with stored
+members (the PNGs are already compressed; the reader also inflates deflated members).
 
-    python benchmarks/corpus_scale.py --only startup,loader            # 3.7 M images (~2 GB of files)
-    python benchmarks/corpus_scale.py --only startup --images 200000   # quick run
+    python benchmarks/corpus_scale.py                              # 20 k images, 1 M members
+    python benchmarks/corpus_scale.py --images 2000 --baseline-images 200 --members 100000   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "tests"))
-
-SIZES = [(512, 512), (290, 320), (181, 258), (155, 225), (1024, 1024)]  # mixed like the release
-SIZE_SHARE = [0.55, 0.15, 0.1, 0.1, 0.1]
-PATCH, INPUT, N_OBJ, MIN_PX = 512, 1024, 5, 10
-DATASET = "sa_med2d"
+CORPUS_IMAGES = 3_700_000
+CORPUS_MEMBERS = 19_500_000
+PARTS_AT_SCALE = 64
+SPEC = {"layout": "sa_med2d", "modality": "other", "ndim": 2, "label_kind": "instances", "classes": {1: "object"}}
 
 
-def peak_mib() -> float:
-    """This process's peak RSS (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ----------------------------------------------------------------------------------- child processes
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mib() -> float:
+    """The current resident set (VmRSS) of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def objects_per_image(rng, n):
-    """1-15 objects per image, ~4.3 on average (SA-Med2D: 15.8 M masks on 3.7 M images)."""
-    import numpy as np
-
-    return np.clip(1 + rng.poisson(3.3, n), 1, 15).astype(np.int32)
-
-
-# ------------------------------------------------------------------------------ generated data
+def _hwm_mib() -> float:
+    """The peak resident set (VmHWM) of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def case_ids(n: int):
-    """SA-Med2D-like image names (~45 bytes), sorted, as a byte-string array; volumes of 100 slices."""
-    import numpy as np
-
-    index = np.arange(n)
-    ids = np.char.add(np.char.add(b"ct_00--Source", np.char.mod("%02d", index // 100_000).astype(bytes)),
-                      np.char.add(b"--case_", np.char.mod("%07d", index // 100).astype(bytes)))
-    return np.char.add(ids, np.char.add(b"--x_", np.char.mod("%04d", index % 100).astype(bytes)))
+def _usage(cpu_before: float) -> dict:
+    """CPU seconds of the work itself (all threads; interpreter start and imports excluded) and the
+    peak RSS of the whole process."""
+    return {"cpu_s": _cpu() - cpu_before, "process_cpu_s": _cpu(),
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def write_index_store(path: Path, ids, patients) -> None:
-    """A complete store with a case index of ``ids`` and no case data (start-up reads no image)."""
-    import zarr
+def _imports() -> float:
+    """Import what every step imports, so its CPU time counts the work only."""
+    import medpipe.data.corpus  # noqa: F401
+    import medpipe.data.ingest  # noqa: F401
 
-    from medpipe.store import FORMAT_VERSION, INDEX_ROWS, _pack
-
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.attrs["dataset"] = {"name": DATASET, "modality": "mixed", "ndim": 2, "classes": {"1": "object"},
-                             "label_kind": "instances"}
-    root.create_group("cases")
-    index = root.create_group("index")
-    for name, values in (("case_id", ids), ("patient_id", patients)):
-        packed = _pack(values)
-        index.create_array(name, data=packed, chunks=(INDEX_ROWS, packed.shape[1]), dimension_names=["case", "byte"])
-    root.attrs["case_count"] = len(ids)
-    root.attrs["medpipe"] = {"format_version": FORMAT_VERSION, "complete": True}
+    return _cpu()
 
 
-def write_object_table(folder: Path, n: int, seed: int = 0) -> int:
-    """A synthetic object table of ``n`` images as .npy files; returns the number of objects."""
-    import numpy as np
+def child_plan(root: str, plan: str, parts: str) -> dict:
+    from medpipe.data.corpus import plan_corpus
 
-    from medpipe.data.objects import IMAGE_COLUMNS
-
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(len(SIZES), size=n, p=SIZE_SHARE)
-    height = np.array([s[0] for s in SIZES], np.int32)[kind]
-    width = np.array([s[1] for s in SIZES], np.int32)[kind]
-    count = objects_per_image(rng, n)
-    first = np.concatenate([[0], np.cumsum(count[:-1], dtype=np.int64)])
-    m = int(count.sum())
-    image_of = np.repeat(np.arange(n), count)
-    h, w = height[image_of].astype(np.int64), width[image_of].astype(np.int64)
-    y0, x0 = (rng.random(m) * h).astype(np.int64), (rng.random(m) * w).astype(np.int64)
-    y1 = np.minimum(y0 + 1 + (rng.random(m) * 120).astype(np.int64), h)
-    x1 = np.minimum(x0 + 1 + (rng.random(m) * 120).astype(np.int64), w)
-    area = np.maximum(((y1 - y0) * (x1 - x0) * rng.uniform(0.3, 1.0, m)).astype(np.int64), 1)
-    arrays = {"case": np.arange(n, dtype=np.int64), "z": np.full(n, -1, np.int32), "height": height, "width": width,
-              "first": first, "count": count, "label": (np.arange(m) - np.repeat(first, count) + 1).astype(np.int32),
-              "area": area, "bbox": np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)}
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, values in arrays.items():
-        np.save(folder / f"{name}.npy", values.astype(IMAGE_COLUMNS.get(name, values.dtype), copy=False))
-    return m
+    cpu, start = _imports(), time.perf_counter()
+    plan_corpus("sa", dict(SPEC, root=root), int(parts), plan)
+    return {"wall_s": time.perf_counter() - start, **_usage(cpu)}
 
 
-def write_corpus_table(path: Path, ids, patients) -> None:
-    """The corpus table (dataset, case, patient, modality, split, in_full, in_p60), 90/10, in blocks."""
-    import numpy as np
-    import pandas as pd
+def child_part(plan: str, part: str, out: str, root: str) -> dict:
+    from medpipe.data.corpus import ingest_part
 
-    rng = np.random.default_rng(1)
-    header = True
-    for lo in range(0, len(ids), 500_000):
-        block = slice(lo, lo + 500_000)
-        val = rng.random(len(ids[block])) < 0.1
-        frame = pd.DataFrame({"dataset": DATASET, "case_id": np.char.decode(ids[block]),
-                              "patient_id": np.char.decode(patients[block]), "modality": "ct",
-                              "split": np.where(val, "val", "train"), "in_full": "True",
-                              "in_p60": np.where(rng.random(len(val)) < 0.55, "True", "False")})
-        frame.to_csv(path, sep="\t", index=False, header=header, mode="w" if header else "a")
-        header = False
+    cpu, start = _imports(), time.perf_counter()
+    written, quarantined = ingest_part("sa", dict(SPEC, root=root), plan, int(part), out)
+    return {"wall_s": time.perf_counter() - start, "written": written, "quarantined": quarantined, **_usage(cpu)}
 
 
-def sa_med2d_like_case(rng, shape):
-    """A grey uint8 image and its instance label (1-15 objects, ~4.3 on average) of ``shape``."""
-    import numpy as np
+def child_gather(out: str, quarantine: str, root: str, *parts: str) -> dict:
+    from medpipe.data.corpus import gather_corpus
 
-    h, w = shape
-    label = np.zeros(shape, np.uint16)
-    yy, xx = np.ogrid[:h, :w]
-    for obj in range(1, int(objects_per_image(rng, 1)[0]) + 1):
-        cy, cx = rng.integers(0, h), rng.integers(0, w)
-        ry, rx = rng.integers(4, max(h // 6, 6)), rng.integers(4, max(w // 6, 6))
-        label[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = obj
-    label[rng.integers(0, h), rng.integers(0, w)] = 0
-    if not label.any():
-        label[h // 2 - 5:h // 2 + 5, w // 2 - 5:w // 2 + 5] = 1
-    image = np.clip(rng.normal(90, 35, shape) + 60 * (label > 0), 0, 255).astype(np.uint8)
-    return image, label
+    cpu, start = _imports(), time.perf_counter()
+    count = gather_corpus("sa", dict(SPEC, root=root), list(parts), out, quarantine)
+    return {"wall_s": time.perf_counter() - start, "written": count, **_usage(cpu)}
 
 
-def write_case_store(folder: Path, n: int, seed: int = 2) -> tuple[Path, Path]:
-    """Today's per-case store of ``n`` SA-Med2D-like images (instance labels) and its corpus table."""
-    import numpy as np
+def child_cases(index: str, out: str, quarantine: str) -> dict:
+    """Today's path: ``medpipe ingest`` of the unpacked folder into the per-case layout."""
+    from medpipe.data.ingest import ingest_dataset
 
-    from medpipe.store import StoreWriter
-
-    rng = np.random.default_rng(seed)
-    names = []
-    with StoreWriter(folder / "cases.zarr", DATASET, "mixed", 2, {1: "object"}, label_kind="instances") as writer:
-        for i in range(n):
-            shape = SIZES[int(rng.choice(len(SIZES), p=SIZE_SHARE))]
-            image, label = sa_med2d_like_case(rng, shape)
-            name = f"ct_00--Source00--case_{i:07d}--x_0000"
-            writer.write_case(name, image, label, patient_id=f"p{i}", modality="ct", spacing=[1.0, 1.0])
-            names.append(name)
-        store = writer.publish()
-    table = folder / "cases.tsv"
-    rows = ["dataset\tcase_id\tpatient_id\tmodality\tsplit\tin_full"]
-    rows += [f"{DATASET}\t{name}\tp{i}\tct\ttrain\tTrue" for i, name in enumerate(sorted(names))]
-    table.write_text("\n".join(rows) + "\n")
-    return store, table
+    cpu, start = _imports(), time.perf_counter()
+    report = ingest_dataset("sa", dict(SPEC, index=index), out, quarantine)
+    return {"wall_s": time.perf_counter() - start, "written": report.n_cases, **_usage(cpu)}
 
 
-# ------------------------------------------------------------------------------ children
+def child_member_table(path: str) -> dict:
+    import medpipe.data.corpus  # noqa: F401  (the same imports as member_scan, before the measurement)
+
+    before = _rss_mib()
+    start = time.perf_counter()
+    with zipfile.ZipFile(path) as archive:
+        members = len(archive.infolist())
+        seconds = time.perf_counter() - start
+        after = _rss_mib()
+    return {"members": members, "seconds": seconds, "mib": after - before, "peak_mib": _hwm_mib()}
 
 
-def child_startup(args) -> dict:
-    """Ours: build_items for train and val from the object table's arrays (no label)."""
-    import numpy as np
+def child_member_scan(path: str, folder: str, parts: str) -> dict:
+    """The planning step's pass over the member table: stream the central directory, write each
+    image's and mask's place to the member file of its part (medpipe.data.corpus._plan_members)."""
+    from medpipe.data.corpus import _plan_members
+    from medpipe.io.layouts.sa_med2d_release import Source
 
-    from medpipe.data.objects import ObjectTable
-    from medpipe.finetune import data
-    from medpipe.store import DatasetStore
-
-    folder = Path(args.folder)
-    names = ["case", "z", "height", "width", "first", "count", "label", "area", "bbox"]
-
-    def stored_table(self):  # reading the table's arrays (the ingest half stores them in the store)
-        return ObjectTable.from_arrays({name: np.load(folder / "objects" / f"{name}.npy") for name in names})
-
-    DatasetStore.object_table = stored_table
-    before = rss_mib()
-    tick, cpu = time.perf_counter(), time.process_time()
-    train = data.build_items(folder / "corpus.tsv", {DATASET: str(folder / "index.zarr")}, "train", "full", MIN_PX,
-                             PATCH)
-    val = data.build_items(folder / "corpus.tsv", {DATASET: str(folder / "index.zarr")}, "val", "full", MIN_PX,
-                           PATCH)
-    seconds = time.perf_counter() - tick
-    return {"part": "startup", "path": "ours", "seconds": seconds, "cpu_s": time.process_time() - cpu,
-            "train_items": len(train), "val_items": len(val),
-            "items_mib": (train.nbytes + val.nbytes - sum(a.nbytes for a in val.case_ids)) / 2**20,
-            "rss_before_mib": before, "peak_mib": peak_mib()}
+    before = _rss_mib()
+    start = time.perf_counter()
+    _plan_members(Source("zip", path), int(parts), Path(folder), "bench")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "mib": _rss_mib() - before, "peak_mib": _hwm_mib(),
+            "part_file_mib": max(f.stat().st_size for f in Path(folder).glob("members-*")) / 2**20}
 
 
-def child_scan(args) -> dict:
-    """Today: the label scan of build_items (tests/legacy_samples.py), per image."""
-    import legacy_samples as legacy
-
-    folder = Path(args.folder)
-    legacy.build_items(folder / "cases.tsv", {DATASET: str(folder / "cases.zarr")}, "train", "full", MIN_PX,
-                       PATCH)  # warm up: imports, first reads
-    tick, cpu = time.perf_counter(), time.process_time()
-    items = legacy.build_items(folder / "cases.tsv", {DATASET: str(folder / "cases.zarr")}, "train", "full", MIN_PX,
-                               PATCH)
-    seconds = time.perf_counter() - tick
-    return {"part": "startup", "path": "today_scan", "seconds": seconds, "cpu_s": time.process_time() - cpu,
-            "images": args.scan_images,
-            "items": len(items), "peak_mib": peak_mib()}
+CHILDREN = {"member_scan": child_member_scan, "plan": child_plan, "part": child_part, "gather": child_gather,
+            "cases": child_cases,
+            "member_table": child_member_table}
 
 
-def child_item_list(args) -> dict:
-    """Today's item list: one Python ``Item`` per image, at full size."""
-    from medpipe.finetune.data import Item
-
-    before = rss_mib()
-    tick = time.perf_counter()
-    items = [Item(DATASET, f"ct_00--Source{i // 100_000:02d}--case_{i // 100:07d}--x_{i % 100:04d}", None)
-             for i in range(args.images)]
-    seconds = time.perf_counter() - tick
-    return {"part": "startup", "path": "today_items", "images": len(items), "seconds": seconds,
-            "items_mib": rss_mib() - before, "peak_mib": peak_mib()}
+def run_child(kind: str, *args) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, __file__, "--child", kind, *map(str, args)], capture_output=True,
+                            text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"{kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def child_loader(args) -> dict:
-    """Per-sample CPU time and bytes of today's worker and the lean one (one thread)."""
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(1)
-    import legacy_samples as legacy
-
-    from medpipe.finetune import data
-    from medpipe.models.transforms import SAM_PIXELS
-
-    folder = Path(args.folder)
-    store, table = folder / "cases.zarr", folder / "cases.tsv"
-    paths = {DATASET: str(store)}
-    settings = {"patch_size": PATCH, "input_size": INPUT, "n_obj": N_OBJ, "min_object_px": MIN_PX, "flips": False,
-                "image_prep": "resize"}
-    positions = range(args.samples)
-    old_items = legacy.build_items(table, paths, "train", "full", MIN_PX, PATCH)
-    old_items and legacy.legacy_sample_at(old_items, paths, settings, 0, 0, 0, SAM_PIXELS)  # warm up
-    cpu, wall, size = time.process_time(), time.perf_counter(), 0
-    for p in positions:
-        sample = legacy.legacy_sample_at(old_items, paths, settings, 0, 0, p, SAM_PIXELS)
-        size += sum(sample[k].numel() * sample[k].element_size() for k in ("image", "masks", "foreground"))
-    n = len(positions)
-    today = {"cpu_s": (time.process_time() - cpu) / n, "wall_s": (time.perf_counter() - wall) / n, "bytes": size / n}
-
-    dataset = data.CorpusSamples(data.build_items(table, paths, "train", "full", MIN_PX, PATCH), paths, settings, 0,
-                                 pixels=SAM_PIXELS)
-    dataset[0]  # warm up
-    cpu, wall, size, samples = time.process_time(), time.perf_counter(), 0, []
-    for p in positions:
-        sample = dataset[p]
-        size += sum(v.nbytes for v in sample.values() if isinstance(v, np.ndarray))
-        samples.append(sample)
-    ours = {"cpu_s": (time.process_time() - cpu) / n, "wall_s": (time.perf_counter() - wall) / n, "bytes": size / n,
-            "rejected": dataset.rejected}
-    batches = [samples[i:i + 7] for i in range(0, len(samples) - 6, 7)]
-    cpu = time.process_time()
-    for batch in batches:
-        dataset.to_device(data.collate(batch), "cpu")
-    ours["device_stage_cpu_s_per_sample"] = (time.process_time() - cpu) / max(7 * len(batches), 1)
-    return {"part": "loader", "samples": len(positions), "images": args.loader_images, "today": today, "ours": ours,
-            "peak_mib": peak_mib()}
+# --------------------------------------------------------------------------------------- measurements
 
 
-CHILDREN = {"startup": child_startup, "scan": child_scan, "items": child_item_list, "loader": child_loader}
+def count_inodes(*folders: Path) -> int:
+    """Files and folders under ``folders``, each inode once (the store links the parts' shards)."""
+    seen = set()
+    for folder in folders:
+        for path in [folder, *folder.rglob("*")]:
+            seen.add(os.lstat(path).st_ino)
+    return len(seen)
 
 
-def run_child(kind: str, args, timeout: int = 3600) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--folder", args.folder, "--images", str(args.images),
-               "--scan-images", str(args.scan_images), "--loader-images", str(args.loader_images),
-               "--samples", str(args.samples)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
-    row = json.loads(result.stdout.strip().splitlines()[-1])
-    print(json.dumps(row), flush=True)
-    return row
+def ingest_new(root: Path, work: Path, parts: int, images: int) -> dict:
+    """plan -> parts (one process each, one after the other: each uses one core) -> gather."""
+    plan = run_child("plan", root, work / "plan", parts)
+    part_results = [run_child("part", work / "plan", k, work / f"part{k}", root) for k in range(parts)]
+    gather = run_child("gather", work / "sa.zarr", work / "q.tsv", root, *[work / f"part{k}" for k in range(parts)])
+    written = sum(p["written"] for p in part_results)
+    part_cpu = sum(p["cpu_s"] for p in part_results)
+    total_cpu = part_cpu + plan["cpu_s"] + gather["cpu_s"]
+    store_files = sum(1 for _ in (work / "sa.zarr").rglob("*")) + 1
+    created = count_inodes(work / "sa.zarr", work / "plan", *[work / f"part{k}" for k in range(parts)])
+    return {"images": images, "written": written, "parts": parts,
+            "plan_s": plan["wall_s"], "plan_cpu_s": plan["cpu_s"], "plan_peak_mib": plan["peak_mib"],
+            "part_cpu_s": part_cpu, "part_wall_s": sum(p["wall_s"] for p in part_results),
+            "part_peak_mib": max(p["peak_mib"] for p in part_results),
+            "gather_s": gather["wall_s"], "gather_cpu_s": gather["cpu_s"], "gather_peak_mib": gather["peak_mib"],
+            "images_per_cpu_s_parts": written / part_cpu, "images_per_cpu_s_all": written / total_cpu,
+            "store_files_per_image": store_files / written, "inodes_per_image": created / written}
 
 
-# ------------------------------------------------------------------------------ parts
+def ingest_today(index: Path, work: Path, images: int) -> dict:
+    result = run_child("cases", index, work / "cases.zarr", work / "cases.tsv")
+    created = count_inodes(work / "cases.zarr")
+    return {"images": images, "written": result["written"], "wall_s": result["wall_s"], "cpu_s": result["cpu_s"],
+            "peak_mib": result["peak_mib"], "images_per_cpu_s": result["written"] / result["cpu_s"],
+            "inodes_per_image": created / result["written"]}
 
 
-def bench_startup(args) -> dict:
-    """Start-up at ``args.images`` images against today's label scan, scaled from a measured sample."""
-    import numpy as np
+def measure_ingest(args, work: Path) -> dict:
+    from medpipe.synth.sa_med2d import write_corpus
 
-    folder = Path(args.folder)
-    tick = time.perf_counter()
-    ids = case_ids(args.images)
-    patients = np.char.add(b"ct_00--case_", np.char.mod("%07d", np.arange(args.images) // 100).astype(bytes))
-    write_index_store(folder / "index.zarr", ids, patients)
-    objects = write_object_table(folder / "objects", args.images)
-    write_corpus_table(folder / "corpus.tsv", ids, patients)
-    del ids, patients
-    print(f"# generated {args.images} images, {objects} objects in {time.perf_counter() - tick:.0f} s", flush=True)
-    ours = run_child("startup", args)
-    write_case_store(folder, args.scan_images)
-    scan = run_child("scan", args)
-    items = run_child("items", args)
-    per_image = scan["seconds"] / args.scan_images
-    today_s = per_image * args.images * 2  # the trainer built the items twice (train, val), each a full scan
-    summary = {"part": "startup", "images": args.images, "objects": objects, "ours_s": ours["seconds"],
-               "ours_cpu_s": ours["cpu_s"], "ours_peak_mib": ours["peak_mib"],
-               "ours_startup_mib": ours["peak_mib"] - ours["rss_before_mib"], "ours_items_mib": ours["items_mib"],
-               "today_scan_cpu_ms_per_image": 1000 * scan["cpu_s"] / args.scan_images,
-               "today_scan_ms_per_image": 1000 * per_image, "today_s_extrapolated": today_s,
-               "today_items_mib": items["items_mib"], "speedup": today_s / ours["seconds"]}
-    print(json.dumps(summary), flush=True)
-    return summary
+    start = time.perf_counter()
+    write_corpus(work / "zipped", args.images, seed=0, pool=args.pool, method=zipfile.ZIP_STORED)
+    write_corpus(work / "folder", args.baseline_images, seed=0, pool=args.pool, zipped=False)
+    generated = time.perf_counter() - start
+    print(f"generated {args.images} images (zip) + {args.baseline_images} (folder) in {generated:.0f} s",
+          file=sys.stderr)
+    today = ingest_today(work / "folder" / "SAMed2Dv1" / "SAMed2D_v1.json", work / "today", args.baseline_images)
+    same_input = ingest_new(work / "folder", work / "new_folder", 1, args.baseline_images)
+    new = ingest_new(work / "zipped", work / "new_zip", args.parts, args.images)
+    per_image_part_s = new["part_cpu_s"] / new["written"]
+    projection = {  # the whole corpus on 64 parts, one core each, from the per-image costs measured here
+        "parts_h": per_image_part_s * CORPUS_IMAGES / PARTS_AT_SCALE / 3600,
+        "plan_h_without_member_table": new["plan_cpu_s"] / new["written"] * CORPUS_IMAGES / 3600,
+        "gather_h": new["gather_cpu_s"] / new["written"] * CORPUS_IMAGES / 3600,
+        "today_one_job_h": CORPUS_IMAGES / today["images_per_cpu_s"] / 3600,
+    }
+    return {"generated_s": generated, "today_folder": today, "new_folder_same_images": same_input, "new_zip": new,
+            "speedup_per_core": same_input["images_per_cpu_s_all"] / today["images_per_cpu_s"],
+            "projection": projection}
 
 
-def bench_loader(args) -> dict:
-    """Loader CPU per sample and bytes per sample, today's path and the lean one in the same run."""
-    folder = Path(args.folder)
-    if not (folder / "cases.zarr").exists() or args.scan_images != args.loader_images:
-        write_case_store(folder, args.loader_images)
-    row = run_child("loader", args)
-    today, ours = row["today"], row["ours"]
-    summary = {"part": "loader", "today_samples_per_s_core": 1 / today["cpu_s"],
-               "ours_samples_per_s_core": 1 / ours["cpu_s"], "speedup": today["cpu_s"] / ours["cpu_s"],
-               "today_mb_per_sample": today["bytes"] / 1e6, "ours_mb_per_sample": ours["bytes"] / 1e6,
-               "device_stage_cpu_ms_per_sample": 1000 * ours["device_stage_cpu_s_per_sample"],
-               "rejected": ours["rejected"]}
-    print(json.dumps(summary), flush=True)
-    return summary
+def write_member_zip(path: Path, members: int) -> float:
+    """A zip of ``members`` one-byte members named like the release's masks; returns seconds."""
+    from medpipe.synth.sa_med2d import image_name
+
+    start = time.perf_counter()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for k in range(members):
+            archive.writestr(f"SAMed2Dv1/masks/{image_name(k // 4, 5)}--{k % 4:04d}_000.png", b"x")
+        archive.writestr("SAMed2Dv1/SAMed2D_v1.json", b"{}")  # the planner looks for it
+    return time.perf_counter() - start
 
 
-PARTS = {"startup": bench_startup, "loader": bench_loader}
+def measure_member_table(args, work: Path) -> dict:
+    seconds = write_member_zip(work / "members.zip", args.members)
+    print(f"wrote a zip of {args.members} members in {seconds:.0f} s", file=sys.stderr)
+    result = run_child("member_table", work / "members.zip")
+    (work / "scan").mkdir()
+    scan = run_child("member_scan", work / "members.zip", work / "scan", PARTS_AT_SCALE)
+    scale = CORPUS_MEMBERS / result["members"]
+    return {"zipfile": {**result, "scaled_seconds": result["seconds"] * scale,
+                        "scaled_gib": result["mib"] * scale / 1024},
+            "stream": {**scan, "scaled_seconds": scan["seconds"] * scale,
+                       "part_member_file_mib_at_scale": scan["part_file_mib"] * scale},
+            "zip_mib": (work / "members.zip").stat().st_size / 2**20}
+
+
+TRAINING = Path(__file__).with_name("corpus_training.py")
+
+
+def training_measurement(part: str):
+    """A measurement of ``benchmarks/corpus_training.py`` (its last printed line is the summary)."""
+
+    def measure(args, work: Path) -> dict:
+        command = [sys.executable, str(TRAINING), "--only", part, "--folder", str(work),
+                   "--images", str(args.startup_images), "--scan-images", str(args.scan_images),
+                   "--loader-images", str(args.loader_images), "--samples", str(args.samples)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{part} failed:\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return measure
+
+
+MEASUREMENTS = {"ingest": measure_ingest, "member_table": measure_member_table,
+                "startup": training_measurement("startup"), "loader": training_measurement("loader")}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="startup,loader", help=f"comma-separated parts of {sorted(PARTS)}")
-    parser.add_argument("--images", type=int, default=3_700_000, help="corpus size for the start-up")
+    parser.add_argument("--measure", nargs="+", default=list(MEASUREMENTS), choices=sorted(MEASUREMENTS))
+    parser.add_argument("--images", type=int, default=20_000, help="images of the generated corpus (new path)")
+    parser.add_argument("--baseline-images", type=int, default=1_000,
+                        help="first images of the corpus ingested by both paths from the unpacked folder")
+    parser.add_argument("--parts", type=int, default=4, help="ingest parts of the new path")
+    parser.add_argument("--pool", type=int, default=64, help="rendered images per size, reused under new names")
+    parser.add_argument("--members", type=int, default=1_000_000, help="members of the member-table zip")
+    parser.add_argument("--startup-images", type=int, default=CORPUS_IMAGES, help="corpus size for the start-up")
     parser.add_argument("--scan-images", type=int, default=200, help="images today's label scan is measured on")
     parser.add_argument("--loader-images", type=int, default=200, help="images the loader draws from")
     parser.add_argument("--samples", type=int, default=200, help="samples timed per loader path")
-    parser.add_argument("--folder", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--workdir", help="keep the generated data here (default: a temporary folder, removed)")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(CHILDREN[args.child](args)))
+        print(json.dumps(CHILDREN[args.child](*args.args)))
         return 0
-    print(f"# {platform.node()} {platform.machine()} python {platform.python_version()}", flush=True)
-    unknown = [part for part in args.only.split(",") if part not in PARTS]
-    if unknown:
-        raise SystemExit(f"--only: unknown part {unknown[0]!r}; expected some of {sorted(PARTS)}")
-    with tempfile.TemporaryDirectory(dir=args.folder) as scratch:
-        args.folder = scratch
-        for part in args.only.split(","):
-            PARTS[part](args)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="corpus_scale-"))
+    try:
+        results = {}
+        for name in args.measure:
+            folder = work / name
+            folder.mkdir(parents=True, exist_ok=True)
+            results[name] = MEASUREMENTS[name](args, folder)
+            print(json.dumps({name: results[name]}, indent=1))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

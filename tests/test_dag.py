@@ -43,13 +43,17 @@ def expected_counts(config: dict) -> dict[str, int]:
 
     datasets = list(config["datasets"])
     finetune_datasets = datasets_with_role(config, "finetune")
+    corpora = [name for name, spec in config["datasets"].items() if spec.get("layout") == "sa_med2d"]
     counts = {
         "synth": sum("synth" in spec for spec in config["datasets"].values()),
-        "ingest": len(datasets),
+        "ingest": len(datasets) - len(corpora),
         "split": len(datasets),
         "split_corpus": int(bool(finetune_datasets)),
         "all": 1,
     }
+    if corpora:  # plan -> one job per ingest part -> gather
+        counts.update(ingest_plan=len(corpora), ingest_part=len(corpora) * config["ingest"]["parts"],
+                      ingest_gather=len(corpora))
     runs = list(config["finetune"]["runs"])
     esem = []
     if runs:
@@ -110,8 +114,8 @@ def test_study_config_is_valid_and_holds_the_papers_datasets():
         have = {name for name, spec in config["datasets"].items() if role in spec["roles"]}
         assert have == names, role
     corpus = [name for name, spec in config["datasets"].items() if "finetune" in spec["roles"]]
-    assert corpus and all(name.startswith("sa_med2d_") for name in corpus)
-    assert len({config["datasets"][name]["modality"] for name in corpus}) >= 7  # stratified by modality
+    assert corpus == ["sa_med2d"]  # one entry; stratified by the modality of each image's name prefix
+    assert config["datasets"]["sa_med2d"]["root"] == "/path/to/data/sa_med2d/"
     assert config["corpus"]["variants"] == {"full": {"train": 0.9, "val": 0.1}, "p60": {"train": 0.5, "val": 0.1}}
     assert config["models"]["sam"]["type"] == "vit_b"
     assert config["finetune"]["gpus"] == 8
@@ -119,7 +123,7 @@ def test_study_config_is_valid_and_holds_the_papers_datasets():
         "medsam", "simpleft", "medicosam_p60", "medicosam_full"}
     # every path is a placeholder the user fills in, never a path of this machine
     for spec in config["datasets"].values():
-        paths = [spec["index"]] if spec.get("layout") == "sa_med2d" else [spec["images"], label_glob(spec)]
+        paths = [spec["root"]] if spec.get("layout") == "sa_med2d" else [spec["images"], label_glob(spec)]
         assert all(path.startswith("/path/to/data/") for path in paths), paths
         assert not any("convert" in str(value).lower() for value in spec.values())
     assert "converted" not in STUDY.read_text() and "renamed" not in STUDY.read_text()
@@ -133,7 +137,7 @@ def test_placeholder_tree_matches_every_glob(study_tree):
     assert "/path/to" not in configfile.read_text()
     for name, spec in config["datasets"].items():
         if spec.get("layout") == "sa_med2d":
-            assert Path(spec["index"]).is_file(), name
+            assert (Path(spec["root"]) / "SAMed2Dv1" / "SAMed2D_v1.json").is_file(), name
             continue
         assert len(find(spec["images"])) == 2 and len(find(label_glob(spec))) == 2, name
 
@@ -155,10 +159,11 @@ def test_dry_run_job_counts_match_the_config(study_tree, study_rules):
 def test_expected_counts_of_the_paper_study_by_hand():
     """7 models (sam, medsam, lite_medsam + 4 finetune runs) x 17 / 6 datasets; semantic (6 ViT
     backbones: lite_medsam is not one): SAM-UNETR 6 datasets x (6 random + 1 pretrained decoder),
-    MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each. 34 entries: 8 SA-Med2D modalities + 25
-    evaluation datasets, papila as two (disc, cup)."""
+    MA-SAM 6 x 6, nnU-Net and Swin UNETR 12 datasets each. 27 entries: SA-Med2D (one entry, ingested in
+    64 parts) + 25 evaluation datasets, papila as two (disc, cup)."""
     counts = expected_counts(resolved(STUDY))
-    assert counts["ingest"] == counts["split"] == 34
+    assert counts["ingest"] == 26 and counts["split"] == 27
+    assert counts["ingest_plan"] == counts["ingest_gather"] == 1 and counts["ingest_part"] == 64
     assert counts["finetune"] == 4 and counts["export_model"] == 3 and counts["export_model_with_decoder"] == 1
     # one job per setting: 2D point/box x mask prompts off/on, 3D box/point; one embedding job per
     # model and dataset (duke_liver and microusp have both roles: 17 + 6 - 2 = 21 datasets)
@@ -182,7 +187,7 @@ def test_study_config_replaces_the_demo_config(study_tree, tmp_path):
     assert result.returncode == 0, output[-3000:]
     counts = job_counts(output)
     assert "synth" not in counts, "the demo datasets were merged into the study config"
-    assert counts["ingest"] == 34
+    assert counts["ingest"] == 26
 
 
 @pytest.mark.slow

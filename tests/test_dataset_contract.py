@@ -368,7 +368,7 @@ def test_npy_volume_and_pgm_images_are_read_directly():
     ({"labels": {"glob": "x/*", "merge": "class_per_file"}}, "needs labels.class_name"),
     ({"stack": True}, "stack: true builds volumes"),
     ({"layout": "sa_med2d", "index": "x.json", "images": "a/*"}, "should not be valid"),
-    ({"layout": "sa_med2d"}, "'index' is a required property"),
+    ({"layout": "sa_med2d"}, "'root' is a required property"),
     ({"label_map": {"a-b": 1}}, "label_map"),
 ])
 def test_bad_dataset_entries_are_config_errors(change, message):

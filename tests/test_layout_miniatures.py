@@ -128,7 +128,7 @@ def test_real_file_names_exist(made):
 def test_entries_are_the_study_entries_of_the_contract(repo_root):
     """Every generator serves study entries; every study entry but the dropped ones has one."""
     study = set(yaml.safe_load((repo_root / "config/study.yaml").read_text())["datasets"])
-    dropped = {"sa_med2d_microscopy", "sa_med2d_histopathology", "papila"}   # CONTRACT.md: dropped / split in two
+    dropped = {"papila"}   # CONTRACT.md: split in two
     new = {"papila_disc", "papila_cup"}
     assert set(BY_ENTRY) - new <= study
     assert study - dropped <= set(BY_ENTRY)
@@ -373,7 +373,7 @@ def test_expected_matches_the_files(made, name):
 def test_natural_quarantines_are_what_they_claim(made):
     """The bad inputs every copy of the release has (not defects): checked from the files."""
     root = made["sa_med2d"].root / "SAMed2Dv1"
-    xray = made["sa_med2d"].entries["sa_med2d_xray"]
+    xray = made["sa_med2d"].entries["sa_med2d"]
     constant = next(p for p in xray.quarantined if p.kind == "constant_image")
     image = iio.imread(made["sa_med2d"].root / constant.path)
     assert image.min() == image.max()
@@ -485,7 +485,7 @@ CONTRACT_GLOBS = {
 
 
 def test_contract_globs_match_exactly_the_expected_files(made):
-    assert set(CONTRACT_GLOBS) == set(BY_ENTRY) - {e for e in BY_ENTRY if e.startswith("sa_med2d_")}
+    assert set(CONTRACT_GLOBS) == set(BY_ENTRY) - {"sa_med2d"}
     for entry_name, (images, labels) in CONTRACT_GLOBS.items():
         expected = made[BY_ENTRY[entry_name].NAME]
         entry = expected.entries[entry_name]

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from medpipe.config import validate_config
+from medpipe.data.corpus import gather_corpus, ingest_part, plan_corpus
 from medpipe.data.ingest import ingest_dataset
 from medpipe.io.quarantine import read_quarantine
 from medpipe.splits import SPLITS, read_split_table, split_dataset
@@ -62,7 +63,14 @@ def miniatures(tmp_path_factory):
 
 
 def ingest_entry(name: str, spec: dict, out: Path, allow_empty: bool = False):
-    ingest_dataset(name, spec, out / f"{name}.zarr", out / f"{name}.tsv", CHUNKS, allow_empty=allow_empty)
+    if spec.get("layout") == "sa_med2d":  # the corpus: plan -> parts -> gather, as the workflow runs it
+        plan_corpus(name, spec, 2, out / f"{name}.plan")
+        parts = [out / f"{name}.part{k}" for k in range(2)]
+        for k, part in enumerate(parts):
+            ingest_part(name, spec, out / f"{name}.plan", k, part)
+        gather_corpus(name, spec, parts, out / f"{name}.zarr", out / f"{name}.tsv", allow_empty=allow_empty)
+    else:
+        ingest_dataset(name, spec, out / f"{name}.zarr", out / f"{name}.tsv", CHUNKS, allow_empty=allow_empty)
     return DatasetStore(out / f"{name}.zarr"), read_quarantine(out / f"{name}.tsv")
 
 
@@ -93,8 +101,10 @@ def check_store(store: DatasetStore, entry) -> None:
         np.testing.assert_array_equal(label, case.label, err_msg=case.case_id)
         if case.spacing is not None:
             assert info.spacing == pytest.approx(case.spacing, rel=1e-4), case.case_id
-        if "instance_masks" in case.attrs:  # the other attrs of a miniature are notes for its own tests
-            assert info.attrs["instance_masks"] == case.attrs["instance_masks"], case.case_id
+        if "instance_masks" in case.attrs and store.layout == "cases":  # the packed layout keeps no per-case
+            assert info.attrs["instance_masks"] == case.attrs["instance_masks"], case.case_id  # attributes
+        if "modality" in case.attrs:  # a corpus entry: modality per case, from the name
+            assert info.modality == case.attrs["modality"], case.case_id
 
 
 def check_split(store_path: Path, table_path: Path, entry) -> None:

@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,11 @@ def test_dry_run_lists_the_data_jobs(data_run):
     _, _, config, dry_output = data_run
     n = len(config["datasets"])
     counts = job_counts(dry_output)
-    assert counts["synth"] == n and counts["ingest"] == n and counts["split"] == n
+    corpora = [name for name, spec in config["datasets"].items() if spec.get("layout") == "sa_med2d"]
+    assert corpora == ["demo_sa_med2d"]
+    assert counts["synth"] == n and counts["ingest"] == n - 1 and counts["split"] == n
+    parts = config["ingest"]["parts"]
+    assert counts["ingest_plan"] == counts["ingest_gather"] == 1 and counts["ingest_part"] == parts == 2
     assert counts["split_corpus"] == 1
 
 
@@ -75,8 +80,11 @@ def test_data_stage_outputs(data_run):
         split = pd.read_csv(workdir / f"results/splits/{name}.tsv", sep="\t")
         assert sorted(split["case_id"]) == sorted(store.case_ids)
         assert (split.groupby("patient_id")["split"].nunique() == 1).all()
-        assert (workdir / f"results/logs/ingest/{name}.log").exists()
-        assert (workdir / f"results/benchmarks/ingest/{name}.tsv").exists()
+        rule = "ingest_gather" if spec.get("layout") == "sa_med2d" else "ingest"
+        assert store.layout == ("packed" if rule == "ingest_gather" else "cases")
+        assert store.object_table() is not None and len(store.object_table()) > 0
+        assert (workdir / f"results/logs/{rule}/{name}.log").exists()
+        assert (workdir / f"results/benchmarks/{rule}/{name}.tsv").exists()
     corpus = pd.read_csv(workdir / "results/splits/corpus.tsv", sep="\t")
     assert set(corpus["dataset"]) == set(config["datasets"])
     assert {"in_full", "in_p60"} <= set(corpus.columns)
@@ -129,3 +137,39 @@ def test_edited_split_fractions_rerun_the_split_jobs_only(data_run, tmp_path):
     assert dry.returncode == 0, dry.stderr[-3000:]
     n = len(config["datasets"])
     assert job_counts(dry.stdout + dry.stderr) == {"split": n, "split_corpus": 1}  # the corpus reads the splits
+
+
+def test_a_lost_ingest_part_reruns_alone_and_gives_the_same_store(data_run):
+    """A part killed in the first run (it leaves only a .partial folder, and the gather never ran) is
+    the only ingest part to run again; the gathered store is byte-identical to an uninterrupted run."""
+    repo_root, workdir, _, _ = data_run
+    store = workdir / "results/data/demo_sa_med2d.zarr"
+    before = {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    part = workdir / "results/data/demo_sa_med2d.parts/2-of-2.zarr"
+    part.rename(part.with_name(f"{part.name}.partial-999999999"))  # what a killed part leaves behind
+    shutil.rmtree(store)
+    dry = snakemake(workdir, repo_root, "-n", "results/data/demo_sa_med2d.zarr")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert job_counts(dry.stdout + dry.stderr) == {"ingest_part": 1, "ingest_gather": 1}
+    result = snakemake(workdir, repo_root, "results/data/demo_sa_med2d.zarr")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    assert after == before
+    assert not list(part.parent.glob("*.partial-*"))  # the stale partial folder was removed
+
+
+def test_set_scatter_changes_the_number_of_parts(data_run):
+    repo_root, workdir, _, _ = data_run
+    dry = snakemake(workdir, repo_root, "-n", "results/data/demo_sa_med2d.zarr", "--set-scatter", "ingest_part=3")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["ingest_part"] == 3 and counts["ingest_plan"] == 1
+
+
+def test_edited_part_count_replans_the_corpus_only(data_run, tmp_path):
+    repo_root, workdir, config, _ = data_run
+    edited = copy.deepcopy(config)
+    edited["ingest"] = {**config["ingest"], "parts": 3}
+    configfile = tmp_path / "edited.yaml"
+    configfile.write_text(yaml.safe_dump(edited))
+    assert params_changes(workdir, repo_root, configfile) == {"results/data/demo_sa_med2d.plan"}

@@ -44,6 +44,18 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "medpipe.data.command", "add_ingest_arguments", "run_ingest",
         "ingest one raw dataset into a zarr v3 store",
     ),
+    "ingest-plan": Subcommand(
+        "medpipe.data.command", "add_ingest_plan_arguments", "run_ingest_plan",
+        "plan the ingest of an SA-Med2D corpus in parts (streams its index once)",
+    ),
+    "ingest-part": Subcommand(
+        "medpipe.data.command", "add_ingest_part_arguments", "run_ingest_part",
+        "ingest one part of a planned SA-Med2D corpus",
+    ),
+    "ingest-gather": Subcommand(
+        "medpipe.data.command", "add_ingest_gather_arguments", "run_ingest_gather",
+        "gather the ingested parts of a corpus into one packed dataset store",
+    ),
     "split": Subcommand(
         "medpipe.data.command", "add_split_arguments", "run_split",
         "write the train/val/test split table of one dataset",

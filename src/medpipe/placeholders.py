@@ -70,10 +70,11 @@ def placeholder_config(root: Path, cases_per_dataset: int = 2, study: Path = STU
     names = case_names(cases_per_dataset)
     for dataset, spec in config["datasets"].items():
         if spec.get("layout") == "sa_med2d":
-            if not Path(spec["index"]).exists():
-                write_index(Path(spec["index"]), cases_per_dataset if index_entries is None else index_entries)
+            index = Path(spec["index"]) if "index" in spec else Path(spec["root"]) / "SAMed2Dv1" / "SAMed2D_v1.json"
+            if not index.exists():
+                write_index(index, cases_per_dataset if index_entries is None else index_entries)
             for folder in ("images", "masks"):  # beside the index, as in the published archive
-                (Path(spec["index"]).parent / folder).mkdir(parents=True, exist_ok=True)
+                (index.parent / folder).mkdir(parents=True, exist_ok=True)
             continue
         for key, pattern in (("images", spec["images"]), ("labels", label_glob(spec))):
             for name in names:

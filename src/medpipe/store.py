@@ -20,13 +20,41 @@ import zarr
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: case ids in the `index` arrays (1: a JSON list in attrs.case_ids; still read)
-READABLE_VERSIONS = (1, 2)
+PACKED_VERSION = 3  # the packed layout (many 2D cases in sharded flat arrays; medpipe.data.packed writes it)
+READABLE_VERSIONS = (1, 2, PACKED_VERSION)
 COMPLETE_FLAG = "complete"
 INDEX_ROWS = 65536  # rows per chunk of the index arrays
 
 
 class StoreError(RuntimeError):
     """A store is missing, incomplete or has an unexpected layout."""
+
+
+def array_codecs() -> dict:
+    """The codec arguments of every array medpipe creates in a store (both layouts, the object
+    table, the index): one place to change compression or add checksums. zstd at its default level
+    (zarr v3's default codec, ``level=0``, spelled out so a zarr upgrade does not change the stores)."""
+    from zarr.codecs import ZstdCodec
+
+    return {"compressors": ZstdCodec(level=0, checksum=False)}
+
+
+OBJECTS_GROUP = "objects"
+
+
+def write_object_table(group: zarr.Group, table) -> None:
+    """The object table as one 1D (``bbox``: (n, 4)) array per column under ``group/objects``."""
+    objects = group.create_group(OBJECTS_GROUP)
+    for name, values in table.to_arrays().items():
+        rows = max(1, min(INDEX_ROWS * 4, len(values)))
+        objects.create_array(name, data=values, chunks=(rows,) + values.shape[1:], **array_codecs())
+
+
+def read_object_table(group: zarr.Group):
+    from medpipe.data.objects import IMAGE_COLUMNS, OBJECT_COLUMNS, ObjectTable
+
+    objects = group[OBJECTS_GROUP]
+    return ObjectTable.from_arrays({name: objects[name][...] for name in (*IMAGE_COLUMNS, *OBJECT_COLUMNS)})
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,28 @@ class DatasetStore:
         if not meta.get(COMPLETE_FLAG, False):
             raise StoreError(f"{self.path}: ingest did not complete (store is not marked complete)")
         self._attrs = dict(self._root.attrs)
+        self._packed = PackedCases(self._root, self.path) if meta.get("layout") == "packed" else None
+        self._ids_cache: np.ndarray | None = None  # case ids by row, for image_at/label_at on the per-case layout
+
+    @property
+    def layout(self) -> str:
+        """``cases`` (a group per case) or ``packed`` (many 2D cases in sharded flat arrays)."""
+        return "packed" if self._packed is not None else "cases"
+
+    def object_table(self):
+        """The store's :class:`~medpipe.data.objects.ObjectTable` (``case`` = row of
+        :meth:`case_index`), or None for a store written before ingest wrote one."""
+        if OBJECTS_GROUP not in self._root:
+            return None
+        return read_object_table(self._root)
+
+    def case_modalities(self) -> np.ndarray:
+        """The modality of each row of :meth:`case_index` (byte strings): a corpus entry's per-case
+        column (SA-Med2D: from the name prefix), else the dataset's modality for every case."""
+        index = self._root["index"] if self._attrs["medpipe"]["format_version"] != 1 else None
+        if index is not None and "modality" in index:
+            return _unpack(index["modality"][...])
+        return np.full(self.case_count, self.modality.encode(), dtype=f"S{max(1, len(self.modality.encode()))}")
 
     @property
     def name(self) -> str:
@@ -121,9 +171,13 @@ class DatasetStore:
 
     def image_array(self, case_id: str) -> zarr.Array:
         """The lazily readable image array (slice it to read a part of a volume)."""
+        if self._packed is not None:
+            return self._packed.array(case_id, "image")
         return self._case(case_id)["image"]
 
     def label_array(self, case_id: str) -> zarr.Array:
+        if self._packed is not None:
+            return self._packed.array(case_id, "label")
         return self._case(case_id)["label"]
 
     def image(self, case_id: str) -> np.ndarray:
@@ -132,15 +186,27 @@ class DatasetStore:
     def label(self, case_id: str) -> np.ndarray:
         return self.label_array(case_id)[...]
 
-    def object_table(self):
-        """The store's object table (:class:`medpipe.data.objects.ObjectTable`), which ingest writes so
-        that finetune start-up reads arrays instead of labels; ``None`` for a store written before
-        ingest kept one (finetuning then scans its labels once: ``finetune.data.load_object_table``).
-        Placeholder until the ingest side (issue 18) stores the table."""
-        return None
+    def image_at(self, row: int, grey: bool = False) -> np.ndarray:
+        """The image of row ``row`` of :meth:`case_index` (the object table's ``case``), without a
+        lookup by id. ``grey``: an image whose identical channels the packed layout stored once is
+        returned as stored, (Y, X) (a loader then never copies three channels)."""
+        if self._packed is not None:
+            return self._packed.read(int(row), "image", grey)
+        return self.image(self._id_at(row))
+
+    def label_at(self, row: int) -> np.ndarray:
+        """The label of row ``row`` of :meth:`case_index`."""
+        if self._packed is not None:
+            return self._packed.read(int(row), "label")
+        return self.label(self._id_at(row))
+
+    def _id_at(self, row: int) -> str:
+        if self._ids_cache is None:
+            self._ids_cache = self.case_index()[0]
+        return self._ids_cache[int(row)].decode()
 
     def info(self, case_id: str) -> CaseInfo:
-        attrs = dict(self._case(case_id).attrs)
+        attrs = self._packed.attrs(case_id) if self._packed is not None else dict(self._case(case_id).attrs)
         return CaseInfo(
             case_id=case_id,
             patient_id=attrs["patient_id"],
@@ -148,6 +214,92 @@ class DatasetStore:
             spacing=tuple(attrs["spacing"]),
             attrs=attrs,
         )
+
+
+class PackedCases:
+    """Cases of a packed store (``docs/data-format.md``): per-case columns in index order, the
+    pixels in one flat sharded array per ingest part. Columns are read once, on first use."""
+
+    COLUMNS = ("part", "image_offset", "label_offset", "height", "width", "channels", "grey")
+
+    def __init__(self, root: zarr.Group, path: Path):
+        self._root, self._path = root, path
+        self._ids: np.ndarray | None = None
+        self._columns: dict[str, np.ndarray] = {}
+        self._parts: dict[tuple[int, str], zarr.Array] = {}
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The numeric per-case columns (~30 bytes a case), read once."""
+        if not self._columns:
+            self._columns = {name: self._root["columns"][name][...] for name in self.COLUMNS}
+        return self._columns
+
+    def row(self, case_id: str) -> int:
+        self.columns()
+        if self._ids is None:
+            self._ids = _unpack(self._root["index"]["case_id"][...])
+        key = case_id.encode()
+        row = int(np.searchsorted(self._ids, key))
+        if row >= len(self._ids) or self._ids[row] != key:
+            raise StoreError(f"{self._path}: no case {case_id!r}")
+        return row
+
+    def _flat(self, part: int, role: str) -> zarr.Array:
+        if (part, role) not in self._parts:
+            self._parts[part, role] = self._root["parts"][str(part)][role]
+        return self._parts[part, role]
+
+    def read(self, row: int, role: str, grey: bool = False) -> np.ndarray:
+        """The pixels of index row ``row`` as ingested: a grey image stored once is given back
+        with its identical channels (lossless), or as stored when ``grey``."""
+        c = self.columns()
+        height, width, channels = int(c["height"][row]), int(c["width"][row]), int(c["channels"][row])
+        stored = 1 if role == "label" or c["grey"][row] else channels
+        start = int(c[f"{role}_offset"][row])
+        flat = self._flat(int(c["part"][row]), role)[start:start + height * width * stored]
+        if role == "label" or channels == 1 or (grey and stored == 1):
+            return flat.reshape(height, width)
+        pixels = flat.reshape(height, width, stored)
+        return np.repeat(pixels, channels, axis=2) if stored == 1 else pixels
+
+    def array(self, case_id: str, role: str) -> PackedArray:
+        row = self.row(case_id)
+        c = self.columns()
+        channels = int(c["channels"][row])
+        shape = (int(c["height"][row]), int(c["width"][row])) + ((channels,) if role == "image" and channels > 1
+                                                                 else ())
+        return PackedArray(self, row, role, shape, self._flat(int(c["part"][row]), role).dtype)
+
+    def attrs(self, case_id: str) -> dict:
+        row = self.row(case_id)
+        index = self._root["index"]
+        patient = _unpack(index["patient_id"][row:row + 1])[0].decode()
+        modality = _unpack(index["modality"][row:row + 1])[0].decode()
+        image = self.array(case_id, "image")
+        return {"case_id": case_id, "patient_id": patient, "modality": modality, "spacing": [1.0, 1.0],
+                "orientation": None, "shape": list(image.shape), "dtype": str(image.dtype)}
+
+
+@dataclass(frozen=True)
+class PackedArray:
+    """The image or label of one packed case, read when sliced (like a zarr array)."""
+
+    cases: PackedCases
+    row: int
+    role: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.cases.read(self.row, self.role)[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.cases.read(self.row, self.role)
+        return array if dtype is None else array.astype(dtype)
 
 
 def _process_alive(pid: int) -> bool:
@@ -227,6 +379,8 @@ class StoreWriter:
         # list: the case list of a corpus of millions of images is never held as Python objects
         self._ids = open(self._ids_path, "w", encoding="utf-8", newline="\n")  # closed in publish/__exit__
         self._count = 0
+        self._instances = label_kind == "instances"
+        self._objects: dict = {}  # case id -> its ObjectTable (case row filled in at publish)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -245,6 +399,10 @@ class StoreWriter:
         """A new, empty case group; fill it, then call :meth:`case_done` (or :meth:`discard_case`)."""
         return self._cases.create_group(case_id)
 
+    def case_group_of(self, case_id: str) -> zarr.Group:
+        """The group of a case being written."""
+        return self._cases[case_id]
+
     def case_done(self, case_id: str, patient_id: str | None = None) -> None:
         """Record a finished case (its patient id is read from its attributes when not given)."""
         if patient_id is None:
@@ -257,20 +415,33 @@ class StoreWriter:
 
     def discard_case(self, case_id: str) -> None:
         """Remove a case that failed half-way (it will not be listed)."""
+        self._objects.pop(case_id, None)
         if case_id in self._cases:
             del self._cases[case_id]
+
+    def add_objects(self, case_id: str, label) -> None:
+        """Record the objects of a case's label (2D, or each z-slice of a volume) for the store's
+        object table (``medpipe.data.objects``); a volume is read one slice at a time."""
+        from medpipe.data.objects import ObjectTable
+
+        if len(label.shape) == 2:
+            images = [(0, -1, np.asarray(label[...]))]
+        else:
+            images = ((0, z, np.asarray(label[z])) for z in range(label.shape[0]))
+        self._objects[case_id] = ObjectTable.build(images, self._instances)
 
     def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray, *, patient_id: str, modality: str,
                    spacing, orientation: str | None = None, source: dict | None = None,
                    sha256: dict | None = None) -> None:
         """Store one in-memory case whole, with the attributes of the data contract."""
         group = self.case_group(case_id)
-        group.create_array("image", data=np.asarray(image))
-        group.create_array("label", data=np.asarray(label))
+        group.create_array("image", data=np.asarray(image), **array_codecs())
+        group.create_array("label", data=np.asarray(label), **array_codecs())
         group.attrs.update({"case_id": case_id, "patient_id": patient_id, "modality": modality,
                             "spacing": [float(s) for s in spacing], "orientation": orientation,
                             "source": source or {}, "sha256": sha256 or {},
                             "shape": [int(n) for n in np.shape(image)], "dtype": str(np.asarray(image).dtype)})
+        self.add_objects(case_id, np.asarray(label))
         self.case_done(case_id, patient_id)
 
     @property
@@ -286,8 +457,22 @@ class StoreWriter:
         for name, values in (("case_id", cases[order]), ("patient_id", patients[order])):
             packed = _pack(values)
             index.create_array(name, data=packed, chunks=(INDEX_ROWS, packed.shape[1]),
-                               dimension_names=["case", "byte"])
+                               dimension_names=["case", "byte"], **array_codecs())
         self._root.attrs["case_count"] = int(len(cases))
+        self._write_objects([value.decode() for value in cases[order].tolist()])
+
+    def _write_objects(self, ordered_ids: list[str]) -> None:
+        """The object table, ``case`` = row in the sorted index (cases without objects have no rows)."""
+        from medpipe.data.objects import ObjectTable, concat
+
+        tables = []
+        for row, case_id in enumerate(ordered_ids):
+            table = self._objects.get(case_id)
+            if table is not None and len(table):
+                arrays = table.to_arrays()
+                arrays["case"] = np.full(len(table), row, dtype=np.int64)
+                tables.append(ObjectTable.from_arrays(arrays))
+        write_object_table(self._root, concat(tables))
 
     def publish(self) -> Path:
         """Mark the store complete (the last write) and move it into place."""

@@ -20,14 +20,11 @@ from layouts.expected import Case, Entry, Expected, Problem
 
 NAME = "sa_med2d"
 FOLDER = "sa_med2d"
-# study.yaml entry -> modality prefix of the file names (CONTRACT.md `include`); the study's
-# microscopy / histopathology entries are dropped: no such prefix in the public release
-ENTRY_PREFIX = {
-    "sa_med2d_ct": "ct_", "sa_med2d_mr": "mr_", "sa_med2d_pet": "pet_", "sa_med2d_xray": "x_ray",
-    "sa_med2d_us": "ultrasound_", "sa_med2d_endoscopy": "endoscopy_", "sa_med2d_fundus": "fundus_",
-    "sa_med2d_dermoscopy": "dermoscopy_",
-}
-ENTRIES = tuple(ENTRY_PREFIX)
+# ONE study.yaml entry; each image's modality comes from its name prefix (the corpus split is
+# stratified by it); no microscopy / histopathology prefix exists in the public release
+ENTRIES = ("sa_med2d",)
+MODALITY = {"ct_": "ct", "mr_": "mri", "pet_": "other", "x_ray": "xray", "ultrasound_": "ultrasound",
+            "endoscopy_": "endoscopy", "fundus_": "fundus", "dermoscopy_": "dermoscopy"}
 DEFECTS = {
     "mask_missing": "a mask listed in SAMed2D_v1.json is absent from masks/",
     "image_missing": "an image listed in SAMed2D_v1.json is absent from images/",
@@ -160,7 +157,7 @@ def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
         index[f"images/{stem}.png"] = listed
 
         label, instance_masks = _merge(stem, masks)
-        entry = next(e for e, p in ENTRY_PREFIX.items() if stem.startswith(p))
+        entry = "sa_med2d"
         src, orig = stem.split("--")[1:3]
         files = (f"{BASE}/images/{stem}.png",) + tuple(f"{BASE}/{m}" for m in sorted(listed))
         if stem in CONSTANT:
@@ -170,7 +167,8 @@ def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
         else:
             entries[entry].cases.append(Case(
                 stem, f"{src}--{orig}", label, image.shape, spacing=None, image=image, files=files,
-                attrs={"instance_masks": instance_masks}))
+                attrs={"instance_masks": instance_masks,
+                       "modality": next(m for prefix, m in MODALITY.items() if stem.startswith(prefix))}))
     t.json(f"{BASE}/SAMed2D_v1.json", index)
     t.json(f"{BASE}/SAMed2D_v1_class_mapping_id.json",
            {"AbdomenCT1K": {"aorta": 0, "liver": 3, "kidney": 5}, "ACDC": {"rv": 1, "myo": 2, "lv": 3}})
@@ -179,14 +177,14 @@ def make(root: str | Path, seed: int = 0, defects=()) -> Expected:
     if "mask_missing" in defects:
         rel = f"{BASE}/masks/{first}--0005_001.png"
         t.remove(rel)
-        entries["sa_med2d_ct"].quarantine(first, "missing_file", rel)
+        entries["sa_med2d"].quarantine(first, "missing_file", rel)
     if "image_missing" in defects:
         stem = "mr_00--BraTS2021--BraTS2021_00000--z_0077"
         t.remove(f"{BASE}/images/{stem}.png")
-        entries["sa_med2d_mr"].quarantine(stem, "unpaired_label", f"{BASE}/images/{stem}.png")
+        entries["sa_med2d"].quarantine(stem, "unpaired_label", f"{BASE}/images/{stem}.png")
     if "mask_unreadable" in defects:
         stem = "pet_00--autoPET--PETCT_0af7ffe12a--z_0101"
         rel = f"{BASE}/masks/{stem}--0001_000.png"
         t.truncate(rel)
-        entries["sa_med2d_pet"].quarantine(stem, "unreadable", rel)
+        entries["sa_med2d"].quarantine(stem, "unreadable", rel)
     return t.expected(list(entries.values()), defects)

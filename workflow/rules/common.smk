@@ -45,6 +45,9 @@ SYNTH_ROOT = "raw/demo"
 NEVER = "(?!x)x"  # a wildcard constraint that matches nothing (for an empty list of names)
 
 DATASETS = list(config["datasets"])
+# `layout: sa_med2d` corpora are ingested in parts (plan -> parts -> gather) into a packed store
+CORPUS_DATASETS = [name for name, spec in config["datasets"].items() if spec.get("layout") == "sa_med2d"]
+FILE_DATASETS = [name for name in DATASETS if name not in CORPUS_DATASETS]
 FINETUNE_DATASETS = planning.datasets_with_role(config, "finetune")
 INTERACTIVE_2D = planning.datasets_with_role(config, "interactive2d")
 INTERACTIVE_3D = planning.datasets_with_role(config, "interactive3d")
@@ -181,9 +184,23 @@ def ingest_inputs(wildcards):
     if "synth" in spec:
         return [f"{SYNTH_ROOT}/{wildcards.dataset}"]
     if spec.get("layout") == "sa_med2d":
-        return [spec["index"]]
+        return [corpus_source_file(spec)]
     labels = spec["labels"] if isinstance(spec["labels"], str) else spec["labels"]["glob"]
     return sorted({glob_root(spec["images"]), glob_root(labels)})
+
+
+def corpus_source_file(spec):
+    """The file a corpus is read from: `root`/data.zip (wins when present), else the unpacked index."""
+    if "root" not in spec:
+        return spec["index"]
+    archive = os.path.join(spec["root"], "data.zip")
+    index = os.path.join(spec["root"], "SAMed2Dv1", "SAMed2D_v1.json")
+    return index if not os.path.exists(archive) and os.path.exists(index) else archive
+
+
+def ingest_part_count():
+    """The scatter count of the ingest parts (`ingest.parts`, or `--set-scatter ingest_part=N`)."""
+    return len(scatter.ingest_part("{scatteritem}"))
 
 
 def synth_size_args(wildcards):

@@ -1,6 +1,10 @@
 # Data stage: (generated) raw files -> zarr stores -> split tables.
 
 
+scattergather:
+    ingest_part=config["ingest"]["parts"],
+
+
 rule synth:
     output:
         directory(f"{SYNTH_ROOT}/{{dataset}}"),
@@ -22,6 +26,8 @@ rule synth:
 
 
 rule ingest:
+    wildcard_constraints:
+        dataset=one_of(FILE_DATASETS),
     input:
         ingest_inputs,
     output:
@@ -29,7 +35,7 @@ rule ingest:
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
-        ingest=canonical(without_guards(config["ingest"], "allow_empty")),
+        ingest=canonical(without_guards(config["ingest"], "allow_empty", "parts")),  # parts: the corpus only
         config=config_snapshot,
     log:
         job_log("ingest", "{dataset}"),
@@ -39,6 +45,72 @@ rule ingest:
         **job_resources(mem_mb=4000, runtime=120, cpus_per_task=2),
     shell:
         "medpipe ingest --config {params.config:q} --dataset {wildcards.dataset:q} "
+        "--out {output.store:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"
+
+
+# The SA-Med2D corpus: one planning job streams the index once, one job per part writes its own sharded
+# arrays (a killed part reruns alone), the gather job links them into one packed store.
+rule ingest_plan:
+    wildcard_constraints:
+        dataset=one_of(CORPUS_DATASETS),
+    input:
+        ingest_inputs,
+    output:
+        directory(f"{R}/data/{{dataset}}.plan"),
+    params:
+        spec=lambda wc: canonical(config["datasets"][wc.dataset]),
+        parts=ingest_part_count(),
+        config=config_snapshot,
+    log:
+        job_log("ingest_plan", "{dataset}"),
+    benchmark:
+        job_benchmark("ingest_plan", "{dataset}")
+    resources:
+        **job_resources(mem_mb=4000, runtime=240),
+    shell:
+        "medpipe ingest-plan --config {params.config:q} --dataset {wildcards.dataset:q} --parts {params.parts:q} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
+rule ingest_part:
+    wildcard_constraints:
+        dataset=one_of(CORPUS_DATASETS),
+    input:
+        plan=f"{R}/data/{{dataset}}.plan",
+    output:
+        directory(f"{R}/data/{{dataset}}.parts/{{scatteritem}}.zarr"),
+    params:
+        spec=lambda wc: canonical(config["datasets"][wc.dataset]),
+        config=config_snapshot,
+    log:
+        job_log("ingest_part", "{dataset}.{scatteritem}"),
+    benchmark:
+        job_benchmark("ingest_part", "{dataset}.{scatteritem}")
+    resources:
+        **job_resources(mem_mb=2000, runtime=240),
+    shell:
+        "medpipe ingest-part --config {params.config:q} --dataset {wildcards.dataset:q} --plan {input.plan:q} "
+        "--part {wildcards.scatteritem:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule ingest_gather:
+    wildcard_constraints:
+        dataset=one_of(CORPUS_DATASETS),
+    input:
+        gather.ingest_part(f"{R}/data/{{{{dataset}}}}.parts/{{scatteritem}}.zarr"),
+    output:
+        store=directory(store("{dataset}")),
+        quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
+    params:
+        config=config_snapshot,
+    log:
+        job_log("ingest_gather", "{dataset}"),
+    benchmark:
+        job_benchmark("ingest_gather", "{dataset}")
+    resources:
+        **job_resources(mem_mb=8000, runtime=60),
+    shell:
+        "medpipe ingest-gather {input:q} --config {params.config:q} --dataset {wildcards.dataset:q} "
         "--out {output.store:q} --quarantine {output.quarantine:q} > {log:q} 2>&1"
 
 

@@ -98,3 +98,80 @@ def run_split_corpus(args) -> int:
         log.error("%s", exc)
         return 2
     return 0
+
+
+# ------------------------------------------------------------------ the corpus in parts (SA-Med2D)
+
+
+def add_ingest_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="study config (YAML)")
+    parser.add_argument("--dataset", required=True, help="name of a `layout: sa_med2d` dataset entry")
+    parser.add_argument("--parts", type=int, required=True, help="number of ingest parts (Snakemake's scatter count)")
+    parser.add_argument("--out", required=True, help="plan folder to write")
+
+
+def _corpus_spec(args):
+    config = load_config(args.config)
+    if args.dataset not in config["datasets"]:
+        raise ConfigError(f"{args.config}: no dataset {args.dataset!r} (known: {', '.join(config['datasets'])})")
+    return config, config["datasets"][args.dataset]
+
+
+def run_ingest_plan(args) -> int:
+    from medpipe.data.corpus import plan_corpus
+    from medpipe.io.cases import DatasetConfigError
+
+    try:
+        _, spec = _corpus_spec(args)
+        plan_corpus(args.dataset, spec, args.parts, args.out)
+    except (ConfigError, DatasetConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def add_ingest_part_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="study config (YAML)")
+    parser.add_argument("--dataset", required=True, help="name of a `layout: sa_med2d` dataset entry")
+    parser.add_argument("--plan", required=True, help="plan folder (medpipe ingest-plan)")
+    parser.add_argument("--part", required=True, help="which part: K-of-N (Snakemake's scatteritem), K from 1")
+    parser.add_argument("--out", required=True, help="part folder to write")
+
+
+def run_ingest_part(args) -> int:
+    from medpipe.data.corpus import ingest_part
+    from medpipe.io.cases import DatasetConfigError
+
+    try:
+        _, spec = _corpus_spec(args)
+        k, _, n = args.part.partition("-of-")
+        if not (k.isdigit() and n.isdigit()):
+            raise ConfigError(f"--part {args.part!r}: expected K-of-N")
+        ingest_part(args.dataset, spec, args.plan, int(k) - 1, args.out)
+    except (ConfigError, DatasetConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def add_ingest_gather_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("parts", nargs="+", help="part folders, in part order")
+    parser.add_argument("--config", required=True, help="study config (YAML)")
+    parser.add_argument("--dataset", required=True, help="name of a `layout: sa_med2d` dataset entry")
+    parser.add_argument("--out", required=True, help="dataset store to write (<name>.zarr)")
+    parser.add_argument("--quarantine", required=True, help="TSV of refused cases to write")
+    parser.add_argument("--allow-empty", action="store_true", help="as for `medpipe ingest`")
+
+
+def run_ingest_gather(args) -> int:
+    from medpipe.data.corpus import gather_corpus
+    from medpipe.data.ingest import NoCasesError
+
+    try:
+        config, spec = _corpus_spec(args)
+        gather_corpus(args.dataset, spec, args.parts, args.out, args.quarantine,
+                      allow_empty=args.allow_empty or config["ingest"]["allow_empty"])
+    except (ConfigError, NoCasesError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

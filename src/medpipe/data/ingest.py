@@ -41,7 +41,7 @@ from medpipe.io.cases import CaseFiles, DatasetConfigError
 from medpipe.io.layouts import Layout, get_layout
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.io.readers import ReadError
-from medpipe.store import DatasetStore, StoreWriter
+from medpipe.store import DatasetStore, StoreWriter, array_codecs
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,9 @@ def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: d
     allowed = None if instances else {int(k) for k in spec["classes"]}
     names = ["z", "y", "x"][-len(imeta.spatial_shape):]
     z_image = group.create_array("image", shape=imeta.shape, dtype=imeta.dtype, chunks=image_chunks, fill_value=0,
-                                 dimension_names=names + (["c"] if imeta.colour else []))
+                                 dimension_names=names + (["c"] if imeta.colour else []), **array_codecs())
     z_label = group.create_array("label", shape=lmeta.shape, dtype=out_label_dtype, chunks=label_chunks,
-                                 fill_value=0, dimension_names=names)
+                                 fill_value=0, dimension_names=names, **array_codecs())
 
     # one pass: each block is read once, written and checked by the same task, so a volume never
     # sits in memory whole and nothing is read twice
@@ -281,6 +281,7 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
                 log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
                 problem = f"{case.image_text}: unexpected error ({type(exc).__name__}: {exc})"
             else:
+                writer.add_objects(case.case_id, writer.case_group_of(case.case_id)["label"])
                 writer.case_done(case.case_id, case.patient_id)
                 continue
             refuse(QuarantineRow(dataset, case.case_id, case.image_text, case.label_text, problem))

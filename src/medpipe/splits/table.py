@@ -67,12 +67,14 @@ class CaseTable:
         """The cases of dataset stores, read from their case index (no per-case metadata reads)."""
         stores = [DatasetStore(path) for path in paths]
         datasets = sorted({store.name for store in stores})
-        modalities = sorted({store.modality for store in stores})
+        per_case = [store.case_modalities() for store in stores]  # a corpus entry: one modality per case
+        modalities = sorted({m.decode() for column in per_case for m in np.unique(column).tolist()})
+        names = np.array([m.encode() for m in modalities], dtype=bytes) if modalities else np.zeros(0, "S1")
         parts = []
-        for store in stores:
+        for store, column in zip(stores, per_case):
             cases, patients = store.case_index()
             parts.append((np.full(len(cases), datasets.index(store.name), dtype=np.int32),
-                          np.full(len(cases), modalities.index(store.modality), dtype=np.int32), cases, patients))
+                          np.searchsorted(names, column).astype(np.int32), cases, patients))
         if not parts:
             return cls.build([], [], [], [])
         if len(parts) == 1:  # one store: no copy of its (possibly millions of) ids

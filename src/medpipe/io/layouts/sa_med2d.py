@@ -19,6 +19,7 @@ millions of entries: it is read as a stream (:func:`iter_index`), one entry at a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,14 +48,16 @@ class IndexError_(ValueError):
     """The JSON index is not an object of ``"images/<name>": ["masks/<name>", ...]`` entries."""
 
 
-def iter_index(path: str | os.PathLike, block: int = _BLOCK) -> Iterator[tuple[str, object]]:
+def iter_index(path: str | os.PathLike, block: int = _BLOCK, handle=None) -> Iterator[tuple[str, object]]:
     """Stream the entries ``(key, value)`` of a JSON object file, one at a time.
 
     Each key and value is decoded with :class:`json.JSONDecoder` (C speed) from a rolling buffer,
-    so memory is one buffer plus one entry, whatever the size of the file.
+    so memory is one buffer plus one entry, whatever the size of the file. ``handle`` (a text file
+    object, e.g. a zip member wrapped in ``io.TextIOWrapper``) is read instead of opening ``path``,
+    which then only names the index in messages.
     """
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as handle:
+    with (contextlib.nullcontext(handle) if handle is not None else open(path, encoding="utf-8")) as handle:
         buffer, pos, eof = "", 0, False
 
         def more() -> bool:
@@ -122,6 +125,20 @@ def patient_of(case_id: str) -> str:
     does not have that form."""
     fields = case_id.split("--")
     return "--".join(fields[1:-1]) if len(fields) >= 4 else case_id
+
+
+# modality of the name's first field (``ct_00``, ``mr_t1``, ``x_ray``, ...): the corpus split is
+# stratified by it. PET has no modality of its own in the schema (``other``).
+MODALITY_PREFIXES = (("ct_", "ct"), ("mr_", "mri"), ("pet_", "other"), ("x_ray", "xray"),
+                     ("ultrasound_", "ultrasound"), ("endoscopy_", "endoscopy"), ("fundus_", "fundus"),
+                     ("dermoscopy_", "dermoscopy"))
+
+
+def modality_of(case_id: str, default: str) -> str:
+    """The modality of an SA-Med2D image from its name prefix; ``default`` (the entry's
+    ``modality``) for a prefix not in :data:`MODALITY_PREFIXES`."""
+    first = case_id.split("--", 1)[0]
+    return next((modality for prefix, modality in MODALITY_PREFIXES if first.startswith(prefix)), default)
 
 
 def source_dataset(case_id: str) -> str:
@@ -193,35 +210,50 @@ def read_case_image(case: CaseFiles, spec: dict, chunks) -> tuple[np.ndarray, Im
 
 def _mask(path: Path) -> np.ndarray:
     mask, meta = read_image(path)
-    mask = np.asarray(mask)
-    return mask.any(axis=-1) if meta.colour else mask != 0
+    return foreground_of(np.asarray(mask), meta.colour)
+
+
+def foreground_of(mask: np.ndarray, colour: bool) -> np.ndarray:
+    """A mask file's object pixels: any non-zero channel."""
+    return mask.any(axis=-1) if colour else mask != 0
+
+
+def merge_masks(case_id: str, names: list[str], shape: tuple[int, int], read_mask, where: str):
+    """``(instance label, instance_masks)`` of one image by the reference's rules (module docstring).
+
+    ``names`` are the image's mask names in sorted order, ``read_mask(k)`` returns the boolean
+    foreground of mask ``k`` (or raises :class:`CaseProblem`); ``where`` names the image in messages.
+    """
+    source = source_dataset(case_id)
+    if len(names) > np.iinfo(np.uint16).max:
+        raise CaseProblem(f"{where}: {len(names)} masks do not fit the uint16 instance ids")
+    layers = []
+    for k, name in enumerate(names, start=1):
+        if source == "ACDC" and ACDC_CAVITY in name and len(names) > 1:
+            continue
+        foreground = read_mask(k - 1)
+        if foreground.shape != tuple(shape):
+            log.warning("%s: mask shape %s differs from the image's %s; mask skipped", name, foreground.shape, shape)
+            continue
+        layers.append((k, ~foreground if source in INVERTED else foreground))
+    label = paint(tuple(shape), layers, dtype=np.uint16)
+    label, instance_masks = relabel_sequential(label, names)
+    if not instance_masks:
+        raise CaseProblem(f"{where}: empty label (no foreground in the image's masks after the SA-Med2D rules)")
+    return label, instance_masks
 
 
 def read_case_label(case: CaseFiles, spec: dict, image, image_meta: ImageMeta, chunks):
     """The instance label of one image by the reference's rules (module docstring)."""
     shape = image_meta.spatial_shape
-    source = source_dataset(case.case_id)
-    names = case.extra["masks"]
-    layers, skipped = [], []
-    for k, (name, path) in enumerate(zip(names, case.labels), start=1):
-        if source == "ACDC" and ACDC_CAVITY in name and len(names) > 1:
-            skipped.append(name)
-            continue
+
+    def read_mask(k: int) -> np.ndarray:
         try:
-            foreground = _mask(path)
+            return _mask(case.labels[k])
         except ReadError as exc:
             raise CaseProblem(str(exc)) from exc
-        if foreground.shape != tuple(shape):
-            log.warning("%s: mask shape %s differs from the image's %s; mask skipped", path, foreground.shape, shape)
-            skipped.append(name)
-            continue
-        layers.append((k, ~foreground if source in INVERTED else foreground))
-    if len(names) > np.iinfo(np.uint16).max:
-        raise CaseProblem(f"{case.image}: {len(names)} masks do not fit the uint16 instance ids")
-    label = paint(tuple(shape), layers, dtype=np.uint16)
-    label, instance_masks = relabel_sequential(label, names)
-    if not instance_masks:
-        raise CaseProblem(f"{case.label}: empty label (no foreground in the image's masks after the SA-Med2D rules)")
+
+    label, instance_masks = merge_masks(case.case_id, list(case.extra["masks"]), shape, read_mask, str(case.label))
     meta = ImageMeta(tuple(label.shape), label.dtype, image_meta.spacing, None, False)
     return label, meta, {"instance_masks": instance_masks}
 
