@@ -43,6 +43,7 @@ from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, w
 from medpipe.finetune import distributed as D
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.encoder_cache import FrozenEncoder
+from medpipe.finetune.finite import check_step
 from medpipe.finetune.objective import (
     VALIDATION_KINDS,
     alg1_loss,
@@ -361,6 +362,7 @@ def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
                            n_steps=settings.n_steps, box_distortion=settings.box_distortion)
     losses["loss"].backward()
     D.average_gradients(list(sam.parameters()), ctx)
+    check_step(iteration, losses, sam.named_parameters(), lambda bad: D.any_rank(bad, ctx))
     run.optimizer.step()
     D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
     row = {key: float(value.detach()) for key, value in losses.items()}
@@ -373,6 +375,7 @@ def train_step(run: Run, batch: dict, iteration: int, autocast) -> dict:
             sem_loss = semantic_dice_loss(probs, foreground)
         sem_loss.backward()
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
+        check_step(iteration, {"sem_loss": sem_loss}, run.model.named_parameters(), lambda bad: D.any_rank(bad, ctx))
         run.optimizer.step()
         D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
         row["sem_loss"] = float(sem_loss.detach())
