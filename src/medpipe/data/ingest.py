@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+from medpipe.data.faults import raise_if_fault
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import CaseFiles, DatasetConfigError
 from medpipe.io.layouts import Layout, get_layout
@@ -276,8 +277,10 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
             try:
                 _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher, layout)
             except (ReadError, CaseProblem) as exc:
+                raise_if_fault(exc, dataset, case.case_id)  # a full disk, not bad data: end the job
                 problem = str(exc)
             except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
+                raise_if_fault(exc, dataset, case.case_id)
                 log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
                 problem = f"{case.image_text}: unexpected error ({type(exc).__name__}: {exc})"
             else:
