@@ -29,6 +29,37 @@ class StoreError(RuntimeError):
     """A store is missing, incomplete or has an unexpected layout."""
 
 
+def chunk_compressors() -> list:
+    """The compressors of every array medpipe writes (stores, embedding caches): zarr's default zstd,
+    then a crc32c checksum of each compressed chunk, which zarr checks on every read, so one flipped
+    bit is an error instead of a wrong number (the one place this choice is made)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
+
+
+class CheckedArray:
+    """A store's zarr array whose reads name the store and the case when a chunk fails its checksum."""
+
+    def __init__(self, array: zarr.Array, store: Path, case_id: str):
+        self._array, self._store, self._case_id = array, store, case_id
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, key):
+        try:
+            return self._array[key]
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise StoreError(f"{self._store}: case {self._case_id!r}: a chunk of its {self._array.basename} fails "
+                             "its checksum (the store is damaged; ingest the dataset again)") from exc
+
+
 @dataclass(frozen=True)
 class CaseInfo:
     """Per-case metadata as stored in the case group's attributes."""
@@ -121,10 +152,10 @@ class DatasetStore:
 
     def image_array(self, case_id: str) -> zarr.Array:
         """The lazily readable image array (slice it to read a part of a volume)."""
-        return self._case(case_id)["image"]
+        return CheckedArray(self._case(case_id)["image"], self.path, case_id)
 
     def label_array(self, case_id: str) -> zarr.Array:
-        return self._case(case_id)["label"]
+        return CheckedArray(self._case(case_id)["label"], self.path, case_id)
 
     def image(self, case_id: str) -> np.ndarray:
         return self.image_array(case_id)[...]
@@ -258,8 +289,8 @@ class StoreWriter:
                    sha256: dict | None = None) -> None:
         """Store one in-memory case whole, with the attributes of the data contract."""
         group = self.case_group(case_id)
-        group.create_array("image", data=np.asarray(image))
-        group.create_array("label", data=np.asarray(label))
+        group.create_array("image", data=np.asarray(image), compressors=chunk_compressors())
+        group.create_array("label", data=np.asarray(label), compressors=chunk_compressors())
         group.attrs.update({"case_id": case_id, "patient_id": patient_id, "modality": modality,
                             "spacing": [float(s) for s in spacing], "orientation": orientation,
                             "source": source or {}, "sha256": sha256 or {},
@@ -279,7 +310,7 @@ class StoreWriter:
         for name, values in (("case_id", cases[order]), ("patient_id", patients[order])):
             packed = _pack(values)
             index.create_array(name, data=packed, chunks=(INDEX_ROWS, packed.shape[1]),
-                               dimension_names=["case", "byte"])
+                               dimension_names=["case", "byte"], compressors=chunk_compressors())
         self._root.attrs["case_count"] = int(len(cases))
 
     def publish(self) -> Path:

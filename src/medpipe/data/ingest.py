@@ -42,7 +42,7 @@ from medpipe.io.cases import CaseFiles, DatasetConfigError
 from medpipe.io.layouts import Layout, get_layout
 from medpipe.io.quarantine import QuarantineRow, write_quarantine
 from medpipe.io.readers import ReadError
-from medpipe.store import DatasetStore, StoreWriter
+from medpipe.store import DatasetStore, StoreWriter, chunk_compressors
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,10 @@ def _ingest_case(group: zarr.Group, case: CaseFiles, spec: dict, chunk_config: d
     allowed = None if instances else {int(k) for k in spec["classes"]}
     names = ["z", "y", "x"][-len(imeta.spatial_shape):]
     z_image = group.create_array("image", shape=imeta.shape, dtype=imeta.dtype, chunks=image_chunks, fill_value=0,
+                                 compressors=chunk_compressors(),
                                  dimension_names=names + (["c"] if imeta.colour else []))
     z_label = group.create_array("label", shape=lmeta.shape, dtype=out_label_dtype, chunks=label_chunks,
+                                 compressors=chunk_compressors(),
                                  fill_value=0, dimension_names=names)
 
     # one pass: each block is read once, written and checked by the same task, so a volume never
