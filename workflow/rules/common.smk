@@ -186,6 +186,15 @@ def ingest_inputs(wildcards):
     return sorted({glob_root(spec["images"]), glob_root(labels)})
 
 
+def raw_digest(wildcards):
+    """Digest of the dataset's raw-file manifest (paths, sizes, mtimes): an ingest param, so an edited,
+    added or removed raw file reruns the ingest (medpipe.data.manifest); synthetic data: its folder."""
+    from medpipe.data.manifest import manifest_digest
+
+    spec = config["datasets"][wildcards.dataset]
+    return "synth" if "synth" in spec else manifest_digest(spec, skip=R)
+
+
 def synth_size_args(wildcards):
     size = config["datasets"][wildcards.dataset]["synth"].get("size") or []
     return ["--size", *map(str, size)] if size else []

@@ -30,6 +30,7 @@ rule ingest:
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
         ingest=canonical(without_guards(config["ingest"], "allow_empty")),
+        raw=raw_digest,
         config=config_snapshot,
     log:
         job_log("ingest", "{dataset}"),
