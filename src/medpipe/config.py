@@ -77,6 +77,43 @@ def duplicate_keys(text: str) -> list[str]:
     return problems
 
 
+#: values a config may hold once its YAML aliases are expanded (the study's config has a few thousand);
+#: an alias bomb (a list of ten aliases of a list of ten aliases ...) is refused before it is walked
+MAX_CONFIG_VALUES = 200_000
+
+
+def _expanded_size(config) -> int:
+    """How many values ``config`` holds with every shared (aliased) part counted each time it is used.
+
+    Linear in the distinct objects (sizes are memoised), so the count itself is cheap even for a
+    bomb; a recursive alias (a list holding itself) counts as too large.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            return MAX_CONFIG_VALUES + 1
+        open_.add(id(node))
+        children = node.values() if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children) + (len(node) if isinstance(node, dict) else 0)
+        sizes[id(node)] = min(total, MAX_CONFIG_VALUES + 1)
+        open_.discard(id(node))
+        return sizes[id(node)]
+
+    return size(config)
+
+
+def _check_size(config, source: str) -> None:
+    if _expanded_size(config) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{source}: (top level): more than {MAX_CONFIG_VALUES} values once its YAML aliases are "
+                          "expanded (an alias bomb, or an alias of itself); write the values out")
+
+
 def schema() -> dict:
     with resources.files("medpipe").joinpath("schemas/config.schema.yaml").open() as handle:
         return yaml.safe_load(handle)
@@ -351,6 +388,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     Raises :class:`ConfigError` with one line ``<source>: <key>: <problem>`` per problem.
     """
+    _check_size(config, source)
     _check_results_dir(config, source)
     problems = [f"{source}: {line}" for line in _non_finite_numbers(config)] + _classes_as_text(config, source)
     for dataset in (config.get("datasets") or {}).values():
@@ -404,6 +442,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
         config = yaml.safe_load(text) or {}
+        _check_size(config, str(path))
         duplicates = duplicate_keys(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc

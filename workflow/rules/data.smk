@@ -29,7 +29,7 @@ rule ingest:
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
-        ingest=canonical(without_guards(config["ingest"], "allow_empty")),
+        ingest=canonical(without_guards(config["ingest"], "allow_empty", "max_image_bytes")),
         raw=raw_digest,
         config=config_snapshot,
     log:
