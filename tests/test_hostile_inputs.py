@@ -95,10 +95,10 @@ def test_names_and_messages_are_shortened_in_logs_and_tables(tmp_path, caplog):
     name = "n" * 5_000_000
     rows = [QuarantineRow("ds", name, f"images/{name}.png", "", f"images/{name}.png: not a readable image")]
     write_quarantine(tmp_path / "q.tsv", rows)
-    assert (tmp_path / "q.tsv").stat().st_size < 3000
+    assert (tmp_path / "q.tsv").stat().st_size < 20_000
     (row,) = read_quarantine(tmp_path / "q.tsv")
-    assert "(5000000 characters)" in row.case_id and len(row.case_id) <= 500
+    assert "(5000000 characters)" in row.case_id and len(row.case_id) <= 4000
     assert f"({len(rows[0].image)} characters)" in row.image
     with caplog.at_level(logging.WARNING):
         ingest.log.warning("%s: quarantined case %r: %s", "ds", ingest.shorten(name), ingest.shorten(rows[0].problem))
-    assert max(len(r.getMessage()) for r in caplog.records) < 2000
+    assert max(len(r.getMessage()) for r in caplog.records) < 10_000

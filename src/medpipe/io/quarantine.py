@@ -28,7 +28,7 @@ COLUMNS = tuple(f.name for f in fields(QuarantineRow))
 
 #: the most characters of one name or message in a log line or a table cell (a 50 MB name in an
 #: index must not become a 50 MB log line)
-MAX_TEXT = 500
+MAX_TEXT = 4000
 
 
 def shorten(value, limit: int = MAX_TEXT) -> str:

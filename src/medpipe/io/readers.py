@@ -17,6 +17,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from medpipe.io.detached import DetachedDataError, detached_files
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 IMAGEIO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -311,6 +313,10 @@ def _from_itk(image, path: Path, squeeze_single_slice: bool):
 def _read_itk_file(path: Path):
     import SimpleITK as sitk
 
+    try:
+        detached_files(path)  # a header's data file must stay in its folder
+    except DetachedDataError as exc:
+        raise ReadError(str(exc)) from exc
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
