@@ -83,12 +83,12 @@ def test_cached_embeddings_change_no_number(tmp_path, caplog):
     settings = tiny_settings(freeze=["image_encoder"], iterations=4, e_sem=True, val_every=2)
     cache = tmp_path / "cache"
     train(settings, table, stores, tmp_path / "a", 0, embedding_cache=cache, embedding_cache_bytes=1e9)
-    entries = sorted(cache.rglob("*.npy"))
+    entries = sorted(cache.rglob("*.emb"))
     assert entries
     with caplog.at_level(logging.INFO, logger="medpipe.finetune.trainer"):
         train(settings, table, stores, tmp_path / "b", 0, embedding_cache=cache, embedding_cache_bytes=1e9)
     assert "0 images encoded" in caplog.text  # every embedding came from the first run's cache
-    assert sorted(cache.rglob("*.npy")) == entries
+    assert sorted(cache.rglob("*.emb")) == entries
     train(settings, table, stores, tmp_path / "c", 0)  # no cache at all
     a, b, c = (_state(tmp_path / run / "latest.pt")["model_state"] for run in "abc")
     for key, value in a.items():
@@ -121,4 +121,4 @@ def test_kill_and_resume_with_freeze_is_bit_exact(tmp_path):
     for pid, moments in a["optimizer_state"]["state"].items():
         assert torch.equal(moments["exp_avg"], b["optimizer_state"]["state"][pid]["exp_avg"])
     # the run's embeddings went to <results_dir>/finetune_embeddings and were shared by both runs
-    assert list((tmp_path / "results" / "finetune_embeddings").rglob("*.npy"))
+    assert list((tmp_path / "results" / "finetune_embeddings").rglob("*.emb"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import os
 import re
 from importlib import resources
@@ -76,6 +77,43 @@ def duplicate_keys(text: str) -> list[str]:
     return problems
 
 
+#: values a config may hold once its YAML aliases are expanded (the study's config has a few thousand);
+#: an alias bomb (a list of ten aliases of a list of ten aliases ...) is refused before it is walked
+MAX_CONFIG_VALUES = 200_000
+
+
+def _expanded_size(config) -> int:
+    """How many values ``config`` holds with every shared (aliased) part counted each time it is used.
+
+    Linear in the distinct objects (sizes are memoised), so the count itself is cheap even for a
+    bomb; a recursive alias (a list holding itself) counts as too large.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            return MAX_CONFIG_VALUES + 1
+        open_.add(id(node))
+        children = node.values() if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children) + (len(node) if isinstance(node, dict) else 0)
+        sizes[id(node)] = min(total, MAX_CONFIG_VALUES + 1)
+        open_.discard(id(node))
+        return sizes[id(node)]
+
+    return size(config)
+
+
+def _check_size(config, source: str) -> None:
+    if _expanded_size(config) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{source}: (top level): more than {MAX_CONFIG_VALUES} values once its YAML aliases are "
+                          "expanded (an alias bomb, or an alias of itself); write the values out")
+
+
 def schema() -> dict:
     with resources.files("medpipe").joinpath("schemas/config.schema.yaml").open() as handle:
         return yaml.safe_load(handle)
@@ -120,6 +158,45 @@ def _check_results_dir(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: results_dir: must be a non-empty path other than '/', got {value!r}")
     if "{" in value or "}" in value:
         raise ConfigError(f"{source}: results_dir: must not contain '{{' or '}}' (Snakemake patterns), got {value!r}")
+    problem = _results_dir_problem(Path(value).expanduser())
+    if problem:
+        raise ConfigError(f"{source}: results_dir: {value!r} {problem}; give a folder of its own (e.g. results)")
+
+
+#: folders of the operating system: results_dir may be neither one of them nor inside one
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+#: folders that hold other things: results_dir may be inside one, never the folder itself
+SHARED_FOLDERS = ("/home", "/opt", "/root", "/run", "/srv", "/tmp", "/var", "/mnt", "/media")
+
+
+def _results_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot hold the results (every stage writes and replaces folders under it), or None."""
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        return f"cannot be resolved ({exc})"
+    if resolved == Path.cwd().resolve() or resolved == Path.home().resolve():
+        return "is the working directory or the home folder"
+    if any(resolved == Path(tree) or resolved.is_relative_to(tree) for tree in SYSTEM_TREES) \
+            or str(resolved) in SHARED_FOLDERS:
+        return "is a system folder"
+    project = Path(__file__).resolve().parents[2]  # the checkout's root when medpipe runs from its sources
+    for root in {Path.cwd().resolve(), project}:
+        if resolved == root and (root / "src").is_dir():
+            return "is the project's folder"
+        for part in ("src", "workflow"):
+            if resolved.is_relative_to(root / part) and (root / part).is_dir():
+                return f"is inside the source tree ({root / part})"
+    return None
+
+
+def _non_finite_numbers(node, keys=()) -> list[str]:
+    """``<key>: ...`` for every NaN or inf in the config: YAML's ``.nan`` is a number to the schema,
+    and would switch off every comparison made with it (a fraction, a threshold, a learning rate)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{'.'.join(map(str, keys)) or '(top level)'}: {node} is not a finite number"]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [problem for key, value in items for problem in _non_finite_numbers(value, (*keys, key))]
 
 
 def _classes_as_text(config: dict, source: str) -> list[str]:
@@ -311,8 +388,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     Raises :class:`ConfigError` with one line ``<source>: <key>: <problem>`` per problem.
     """
+    _check_size(config, source)
     _check_results_dir(config, source)
-    problems = _classes_as_text(config, source)
+    problems = [f"{source}: {line}" for line in _non_finite_numbers(config)] + _classes_as_text(config, source)
     for dataset in (config.get("datasets") or {}).values():
         if isinstance(dataset, dict) and isinstance(dataset.get("label_map"), dict):
             dataset["label_map"] = {str(k): v for k, v in dataset["label_map"].items()}
@@ -364,6 +442,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
     try:
         config = yaml.safe_load(text) or {}
+        _check_size(config, str(path))
         duplicates = duplicate_keys(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc

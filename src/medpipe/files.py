@@ -152,9 +152,30 @@ def load_torch(path: str | os.PathLike, *, map_location="cpu", numpy_scalars: bo
         allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            loaded = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise TorchFileError(f"{path}: cannot be read as a weights-only torch file: {_why_unreadable(exc)}") from exc
+    bad = _non_finite(loaded)
+    if bad is not None:
+        raise TorchFileError(f"{path}: refused: {bad[1]} NaN or inf values in {bad[0]!r} (weights of a diverged "
+                             "run?); every number of a model must be finite")
+    return loaded
+
+
+def _non_finite(obj, key: str = "") -> tuple[str, int] | None:
+    """The first floating tensor in a loaded torch file holding NaN or inf: ``(key, count)``."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return key or "(the tensor)", int((~torch.isfinite(obj)).sum())
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for name, value in items:
+        found = _non_finite(value, f"{key}.{name}" if key else str(name))
+        if found is not None:
+            return found
+    return None
 
 
 def _file_digest(path: Path) -> str:

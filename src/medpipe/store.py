@@ -30,13 +30,41 @@ class StoreError(RuntimeError):
     """A store is missing, incomplete or has an unexpected layout."""
 
 
+def chunk_compressors() -> list:
+    """The compressors of every array medpipe writes (stores, embedding caches): zarr's default zstd,
+    then a crc32c checksum of each compressed chunk, which zarr checks on every read, so one flipped
+    bit is an error instead of a wrong number (the one place this choice is made)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
+
+
+class CheckedArray:
+    """A store's zarr array whose reads name the store and the case when a chunk fails its checksum."""
+
+    def __init__(self, array, store: Path, case_id: str, kind: str):
+        self._array, self._store, self._case_id, self._kind = array, store, case_id, kind
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, key):
+        try:
+            return self._array[key]
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise StoreError(f"{self._store}: case {self._case_id!r}: a chunk of its {self._kind} fails "
+                             "its checksum (the store is damaged; ingest the dataset again)") from exc
+
+
 def array_codecs() -> dict:
     """The codec arguments of every array medpipe creates in a store (both layouts, the object
-    table, the index): one place to change compression or add checksums. zstd at its default level
-    (zarr v3's default codec, ``level=0``, spelled out so a zarr upgrade does not change the stores)."""
-    from zarr.codecs import ZstdCodec
-
-    return {"compressors": ZstdCodec(level=0, checksum=False)}
+    table, the index): :func:`chunk_compressors`."""
+    return {"compressors": chunk_compressors()}
 
 
 OBJECTS_GROUP = "objects"
@@ -172,13 +200,13 @@ class DatasetStore:
     def image_array(self, case_id: str) -> zarr.Array:
         """The lazily readable image array (slice it to read a part of a volume)."""
         if self._packed is not None:
-            return self._packed.array(case_id, "image")
-        return self._case(case_id)["image"]
+            return CheckedArray(self._packed.array(case_id, "image"), self.path, case_id, "image")
+        return CheckedArray(self._case(case_id)["image"], self.path, case_id, "image")
 
     def label_array(self, case_id: str) -> zarr.Array:
         if self._packed is not None:
-            return self._packed.array(case_id, "label")
-        return self._case(case_id)["label"]
+            return CheckedArray(self._packed.array(case_id, "label"), self.path, case_id, "label")
+        return CheckedArray(self._case(case_id)["label"], self.path, case_id, "label")
 
     def image(self, case_id: str) -> np.ndarray:
         return self.image_array(case_id)[...]

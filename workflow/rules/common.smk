@@ -201,6 +201,13 @@ def corpus_source_file(spec):
 def ingest_part_count():
     """The scatter count of the ingest parts (`ingest.parts`, or `--set-scatter ingest_part=N`)."""
     return len(scatter.ingest_part("{scatteritem}"))
+def raw_digest(wildcards):
+    """Digest of the dataset's raw-file manifest (paths, sizes, mtimes): an ingest param, so an edited,
+    added or removed raw file reruns the ingest (medpipe.data.manifest); synthetic data: its folder."""
+    from medpipe.data.manifest import manifest_digest
+
+    spec = config["datasets"][wildcards.dataset]
+    return "synth" if "synth" in spec else manifest_digest(spec, skip=R)
 
 
 def synth_size_args(wildcards):

@@ -35,7 +35,8 @@ rule ingest:
         quarantine=f"{R}/data/{{dataset}}.quarantine.tsv",
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
-        ingest=canonical(without_guards(config["ingest"], "allow_empty", "parts")),  # parts: the corpus only
+        ingest=canonical(without_guards(config["ingest"], "allow_empty", "parts", "max_image_bytes")),  # parts: the corpus only
+        raw=raw_digest,
         config=config_snapshot,
     log:
         job_log("ingest", "{dataset}"),
@@ -60,6 +61,7 @@ rule ingest_plan:
     params:
         spec=lambda wc: canonical(config["datasets"][wc.dataset]),
         parts=ingest_part_count(),
+        raw=raw_digest,
         config=config_snapshot,
     log:
         job_log("ingest_plan", "{dataset}"),

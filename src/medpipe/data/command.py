@@ -21,6 +21,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ingest(args) -> int:
+    from medpipe.data.faults import IngestFault, machine_fault
     from medpipe.data.ingest import NoCasesError, ingest_dataset
     from medpipe.io.cases import DatasetConfigError
 
@@ -42,6 +43,15 @@ def run_ingest(args) -> int:
     except NoCasesError as exc:
         log.error("%s", exc)
         return 2
+    except IngestFault as exc:
+        log.error("%s", exc)
+        return 1
+    except (OSError, MemoryError) as exc:  # a fault outside any case (the store's folder, the quarantine table)
+        if machine_fault(exc) is None:
+            raise
+        log.error("%s: %s; ingest of %s stopped, nothing published", getattr(exc, "filename", None) or args.out,
+                  getattr(exc, "strerror", None) or type(exc).__name__, args.dataset)
+        return 1
     return 0
 
 
@@ -140,6 +150,7 @@ def add_ingest_part_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ingest_part(args) -> int:
     from medpipe.data.corpus import ingest_part
+    from medpipe.data.faults import IngestFault
     from medpipe.io.cases import DatasetConfigError
 
     try:
@@ -151,6 +162,9 @@ def run_ingest_part(args) -> int:
     except (ConfigError, DatasetConfigError) as exc:
         log.error("%s", exc)
         return 2
+    except IngestFault as exc:  # the disk or memory, not a case: nothing published, no case blamed
+        log.error("%s", exc)
+        return 1
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.data.faults import raise_if_fault
 from medpipe.data.packed import PartWriter, gather_parts, publish_folder
 from medpipe.files import write_text
 from medpipe.io.assemble import CaseProblem
@@ -231,6 +232,7 @@ def ingest_part(dataset: str, spec: dict, plan: str | Path, part: int, out: str 
                     except (CaseProblem, PathEscapeError) as exc:
                         problem = str(exc)
                     except Exception as exc:  # an unforeseen failure of one case must not stop the part
+                        raise_if_fault(exc, dataset, case_id)  # ... unless it is the machine's (disk, memory)
                         log.exception("%s: case %r failed unexpectedly", dataset, case_id)
                         problem = f"{where}: unexpected error ({type(exc).__name__}: {exc})"
                 if problem is not None:

@@ -36,11 +36,12 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+from medpipe.data.faults import raise_if_fault
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import CaseFiles, DatasetConfigError
 from medpipe.io.layouts import Layout, get_layout
-from medpipe.io.quarantine import QuarantineRow, write_quarantine
-from medpipe.io.readers import ReadError
+from medpipe.io.quarantine import QuarantineRow, shorten, write_quarantine
+from medpipe.io.readers import ReadError, set_max_image_bytes
 from medpipe.store import DatasetStore, StoreWriter, array_codecs
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
     nothing is published (an existing store is kept) and the quarantine table says why.
     """
     chunk_config = chunk_config or {"chunks_2d": [512, 512], "chunks_3d": [32, 256, 256]}
+    set_max_image_bytes(chunk_config.get("max_image_bytes"))  # declared sizes are capped before allocation
     out, quarantine = Path(out), Path(quarantine)
     label_kind = spec.get("label_kind", "classes")
     label_dtype(spec["classes"], label_kind)  # a config problem: fail before touching any file
@@ -253,7 +255,7 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
     seen = 0
 
     def refuse(row: QuarantineRow) -> None:
-        log.warning("%s: quarantined case %r: %s", dataset, row.case_id, row.problem)
+        log.warning("%s: quarantined case %r: %s", dataset, shorten(row.case_id), shorten(row.problem))
         rows.append(row)
 
     with StoreWriter(out, dataset, spec["modality"], int(spec["ndim"]), spec["classes"], label_kind) as writer, \
@@ -276,8 +278,10 @@ def ingest_dataset(dataset: str, spec: dict, out: str | Path, quarantine: str | 
             try:
                 _ingest_case(writer.case_group(case.case_id), case, spec, chunk_config, hasher, layout)
             except (ReadError, CaseProblem) as exc:
+                raise_if_fault(exc, dataset, case.case_id)  # a full disk, not bad data: end the job
                 problem = str(exc)
             except Exception as exc:  # an unforeseen failure of one case must not stop the dataset
+                raise_if_fault(exc, dataset, case.case_id)
                 log.exception("%s: case %r failed unexpectedly", dataset, case.case_id)
                 problem = f"{case.image_text}: unexpected error ({type(exc).__name__}: {exc})"
             else:

@@ -46,6 +46,7 @@ def store_map(paths) -> dict[str, str]:
 def run_finetune(args) -> int:
     import yaml
 
+    from medpipe.finetune.finite import NonFiniteError
     from medpipe.finetune.trainer import ResumeError, train
 
     config = load_config(args.config)
@@ -67,6 +68,9 @@ def run_finetune(args) -> int:
     except (ResumeError, RunLocked, SettingsError) as exc:
         log.error("%s", exc)
         return 2
+    except NonFiniteError as exc:  # the run diverged: its checkpoints keep the last good weights
+        log.error("%s: %s", args.out_dir, exc)
+        return 1
     if summary:
         log.info("finetune run %s done: best validation metric %s", summary["run"], summary["best_metric"])
     return 0

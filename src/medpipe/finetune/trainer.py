@@ -49,6 +49,7 @@ from medpipe.finetune import distributed as D
 from medpipe.finetune.batching import iteration_groups, plan_batches, resume_refusal
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.encoder_cache import FrozenEncoder
+from medpipe.finetune.finite import check_step
 from medpipe.finetune.objective import (
     VALIDATION_KINDS,
     alg1_loss,
@@ -382,6 +383,7 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
         (losses["loss"] / len(parts) if len(parts) > 1 else losses["loss"]).backward()
         rows.append({key: value.detach().float() for key, value in losses.items()})  # stays on the device
     D.average_gradients(list(sam.parameters()), ctx)
+    check_step(iteration, losses, sam.named_parameters(), lambda bad: D.any_rank(bad, ctx))
     run.optimizer.step()
     D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
     scalars = {key: torch.stack([r[key] for r in rows]).mean() for key in rows[0]}
@@ -397,6 +399,7 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
             (sem_loss / len(parts) if len(parts) > 1 else sem_loss).backward()
             sem.append(sem_loss.detach().float())
         D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
+        check_step(iteration, {"sem_loss": sem_loss}, run.model.named_parameters(), lambda bad: D.any_rank(bad, ctx))
         run.optimizer.step()
         D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
         scalars["sem_loss"] = torch.stack(sem).mean()

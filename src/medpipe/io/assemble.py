@@ -18,6 +18,7 @@ import numpy as np
 
 from medpipe.files import sha256_of, sha256_of_files
 from medpipe.io.cases import CaseFiles, IdRules, glob_root, label_spec
+from medpipe.io.detached import detached_files
 from medpipe.io.labels import (
     apply_label_map,
     decode_colours,
@@ -252,9 +253,11 @@ def source_attrs(case: CaseFiles, spec: dict) -> tuple[dict, dict]:
     labels = label_spec(spec)
 
     def describe(paths, pattern):
-        if len(paths) == 1:
+        files = [file for path in paths for file in (path, *detached_files(path))]  # + MHD/NRRD data files
+        if len(files) == 1:
             return str(paths[0]), sha256_of(paths[0])
-        return [str(p) for p in paths], sha256_of_files(paths, glob_root(pattern))
+        source = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+        return source, sha256_of_files(files, glob_root(pattern))
 
     image_source, image_digest = describe(case.images, spec["images"])
     label_source, label_digest = describe(case.labels, labels["glob"])

@@ -26,9 +26,23 @@ class QuarantineRow:
 COLUMNS = tuple(f.name for f in fields(QuarantineRow))
 
 
+#: the most characters of one name or message in a log line or a table cell (a 50 MB name in an
+#: index must not become a 50 MB log line)
+MAX_TEXT = 4000
+
+
+def shorten(value, limit: int = MAX_TEXT) -> str:
+    """``value`` as text of at most about ``limit`` characters: head ... (N characters) ... tail."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    keep = limit // 2 - 20
+    return f"{text[:keep]} ...({len(text)} characters)... {text[-keep:]}"
+
+
 def _clean(value: str) -> str:
-    """Tabs and newlines would break the TSV; problems are free text, so flatten them."""
-    return " ".join(str(value).split())
+    """Tabs and newlines would break the TSV; problems are free text, so flatten them (and shorten them)."""
+    return " ".join(shorten(value).split())
 
 
 def write_quarantine(path: str | Path, rows: list[QuarantineRow]) -> Path:

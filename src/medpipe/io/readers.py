@@ -17,6 +17,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from medpipe.io.detached import DetachedDataError, detached_files
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 IMAGEIO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -82,6 +84,34 @@ def base_name(path: str | Path) -> str:
 
 def is_lazy(array) -> bool:
     return isinstance(array, da.Array)
+
+
+#: the largest image or volume (in bytes, as declared by its header) a reader accepts; None: the
+#: schema's default of ``ingest.max_image_bytes`` (ingest sets the configured value)
+_max_image_bytes: int | None = None
+
+
+def set_max_image_bytes(limit: int | None) -> None:
+    """Cap every reader at ``limit`` bytes per image (None: the schema's default)."""
+    global _max_image_bytes
+    _max_image_bytes = None if limit is None else int(limit)
+
+
+def max_image_bytes() -> int:
+    if _max_image_bytes is None:
+        from medpipe.config import schema
+
+        return int(schema()["properties"]["ingest"]["properties"]["max_image_bytes"]["default"])
+    return _max_image_bytes
+
+
+def check_declared_size(path, shape, dtype) -> None:
+    """Refuse an image whose header declares more than :func:`max_image_bytes`, before any pixel is
+    allocated (a 5 MB tiled TIFF may declare 50,000 x 50,000 pixels)."""
+    size = int(np.prod([int(n) for n in shape], dtype=object)) * np.dtype(dtype).itemsize
+    if size > max_image_bytes():
+        raise ReadError(f"{path}: declares {tuple(int(n) for n in shape)} {np.dtype(dtype)} = {size / 2**30:.2f} GiB, "
+                        f"more than ingest.max_image_bytes ({max_image_bytes() / 2**30:.2f} GiB)")
 
 
 def read_image(path: str | Path, chunks: tuple[int, ...] | None = None):
@@ -161,6 +191,7 @@ def _read_nifti(path: Path, chunks):
         raise ReadError(f"{path}: {len(shape)}D NIfTI with shape {tuple(shape)}; only single volumes are supported")
     if n_spatial < 2:
         raise ReadError(f"{path}: NIfTI with shape {tuple(shape)} is not an image")
+    check_declared_size(path, shape, img.get_data_dtype())
     source = _NiftiZYX(img.dataobj, path, n_spatial)
     unit = img.header.get_xyzt_units()[0]
     # zooms are float32 in the header: keep their shortest decimal form (0.7, not 0.699999988)
@@ -210,6 +241,11 @@ def _read_imageio(path: Path):
     import imageio.v3 as iio
 
     try:
+        props = iio.improps(path)
+    except Exception as exc:
+        raise ReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    check_declared_size(path, props.shape, props.dtype)
+    try:
         array = np.asarray(iio.imread(path))
     except Exception as exc:
         raise ReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
@@ -226,7 +262,10 @@ def _read_tiff(path: Path):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
+            check_declared_size(path, series.shape, series.dtype)
             array = series.asarray()
+    except ReadError:
+        raise
     except Exception as exc:
         raise ReadError(f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc})") from exc
     colour = axes.endswith("S")  # tifffile names the samples-per-pixel axis S
@@ -275,7 +314,20 @@ def _read_itk_file(path: Path):
     import SimpleITK as sitk
 
     try:
-        image = sitk.ReadImage(str(path))
+        detached_files(path)  # a header's data file must stay in its folder
+    except DetachedDataError as exc:
+        raise ReadError(str(exc)) from exc
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        declared = (*reader.GetSize(), reader.GetNumberOfComponents())
+        dtype = sitk.GetArrayViewFromImage(sitk.Image(1, 1, reader.GetPixelID())).dtype
+    except Exception as exc:
+        raise ReadError(f"{path}: not readable by SimpleITK ({type(exc).__name__}: {exc})") from exc
+    check_declared_size(path, declared, dtype)
+    try:
+        image = reader.Execute()
     except Exception as exc:
         raise ReadError(f"{path}: not readable by SimpleITK ({type(exc).__name__}: {exc})") from exc
     # a single DICOM file is one slice: a 2D image, not a one-slice volume
@@ -329,6 +381,7 @@ def _read_npy(path: Path, chunks):
         raise ReadError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
     if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
         raise ReadError(f"{path}: .npy array of shape {array.shape} and dtype {array.dtype} is not a 2D/3D image")
+    check_declared_size(path, array.shape, array.dtype)
     if array.dtype == bool:
         array = np.asarray(array, dtype=np.uint8)
     if chunks is None:
