@@ -21,8 +21,8 @@ def test_placeholder_tree_makes_every_dataset_present(tree, capsys):
     out, err = capsys.readouterr()
     config = yaml.safe_load((tree / "study.yaml").read_text())
     rows = out.splitlines()[1:]
-    assert len(rows) == len(config["datasets"]) == 34
-    assert err.startswith("34 datasets: ") and err.strip().endswith("0 missing")  # every glob matches files
+    assert len(rows) == len(config["datasets"]) == 27
+    assert err.startswith("27 datasets: ") and err.strip().endswith("0 missing")  # every glob matches files
     assert all(row.split()[5] in ("ok", "unpaired") for row in rows)  # placeholder names need not pair
 
 
@@ -32,7 +32,7 @@ def test_check_data_reports_every_missing_dataset_at_once(tree, tmp_path, capsys
     corpus = next(name for name, spec in config["datasets"].items() if spec.get("layout") == "sa_med2d")
     config["datasets"][plain[0]]["images"] = str(tmp_path / "nowhere" / "*.nii.gz")
     config["datasets"][plain[1]]["labels"] = str(tmp_path / "nowhere" / "*.png")
-    config["datasets"][corpus]["index"] = str(tmp_path / "none" / "SAMed2D_v1.json")
+    config["datasets"][corpus]["root"] = str(tmp_path / "none")  # neither data.zip nor SAMed2Dv1/ there
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     capsys.readouterr()

@@ -9,6 +9,9 @@ equal prompts.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import legacy_samples as legacy
 import numpy as np
 import pytest
@@ -225,7 +228,9 @@ def test_an_old_store_is_scanned_once(tmp_path, monkeypatch):
     """An old store (no table) is scanned once per start-up (train and val items); the table equals
     ObjectTable.build on its labels."""
     table, paths = _vanishing_corpus(tmp_path)
+    shutil.rmtree(Path(paths["v"]) / "objects")  # as written before ingest kept the table
     store = DatasetStore(paths["v"])
+    assert store.object_table() is None
     reads = []
     label = DatasetStore.label
     monkeypatch.setattr(DatasetStore, "label", lambda self, case: reads.append(case) or label(self, case))

@@ -25,11 +25,17 @@ def dataset_row(name: str, spec: dict) -> dict:
     """The row of one dataset (see the module docstring)."""
     from medpipe.io.cases import DatasetConfigError, discover_cases, find, label_spec
 
-    if spec.get("layout") == "sa_med2d":
-        index = Path(spec["index"])
-        missing = [str(p) for p in (index, index.parent / "images", index.parent / "masks") if not p.exists()]
-        return {"dataset": name, "images": "-", "labels": "-", "cases": "-", "quarantined": "-",
-                "status": "MISSING" if missing else "ok",
+    if spec.get("layout") == "sa_med2d":  # data.zip (read in place) or the unpacked release
+        from medpipe.io.layouts.sa_med2d_release import find_source
+
+        row = {"dataset": name, "images": "-", "labels": "-", "cases": "-", "quarantined": "-"}
+        try:
+            source = find_source(spec, name)
+        except DatasetConfigError as exc:
+            return {**row, "status": "MISSING", "first_problem": str(exc)}
+        folders = [] if source.kind == "zip" else [Path(source.path) / "images", Path(source.path) / "masks"]
+        missing = [str(folder) for folder in folders if not folder.is_dir()]
+        return {**row, "status": "MISSING" if missing else "ok",
                 "first_problem": f"not found: {', '.join(missing)}" if missing else ""}
     images, labels = find(spec["images"]), find(label_spec(spec)["glob"])
     row = {"dataset": name, "images": len(images), "labels": len(labels), "cases": 0, "quarantined": 0}
