@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from medpipe import files
+from medpipe.errors import MedpipeError
 
 #: 2D, per image and class: ``dice`` of the union of the class's predicted objects vs the class mask
 COLUMNS_2D = ["dataset", "case", "class_id", "class", "start", "masks", "iteration", "dice", "n_objects", "seed",
@@ -29,7 +30,7 @@ KEYS_3D = ["dataset", "case", "class_id", "object", "start", "seed"]
 GRID = ["iou_threshold", "projection", "box_extension"]
 
 
-class MissingResultError(RuntimeError):
+class MissingResultError(MedpipeError, RuntimeError):
     """A result the protocol must have produced is absent (never silently shift a pairing)."""
 
 

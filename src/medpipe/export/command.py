@@ -16,13 +16,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args) -> int:
-    from medpipe.export.checkpoint import ExportError, export
+    from medpipe.export.checkpoint import export
 
-    try:
-        export(args.training_ckpt, args.out)
-    except ExportError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    export(args.training_ckpt, args.out)
     return 0
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 
+from medpipe.errors import MedpipeError
 from medpipe.models.names import MODEL_TYPES, checkpoint_label
 
 #: ``image_prep`` values: resize each whole image (the reference) or crop at native resolution
@@ -25,7 +26,7 @@ NO_DECAY = "none"
 FREEZABLE = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
-class SettingsError(ValueError):
+class SettingsError(MedpipeError, ValueError):
     """A finetune run refers to an unknown base model or preset, or has an invalid knob."""
 
 

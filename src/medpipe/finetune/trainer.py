@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medpipe.errors import MedpipeError
 from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
 from medpipe.finetune import distributed as D
 from medpipe.finetune.batching import iteration_groups, plan_batches, resume_refusal
@@ -69,7 +70,7 @@ METRIC_COLUMNS = ["iteration", "split", "loss", "mask_loss", "iou_loss", "sem_lo
                   "use_box", "use_mask", "model"]
 
 
-class ResumeError(RuntimeError):
+class ResumeError(MedpipeError, RuntimeError):
     """``latest.pt`` cannot be resumed from; the message names the file and the way out."""
 
 

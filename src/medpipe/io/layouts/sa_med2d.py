@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.errors import MedpipeError
 from medpipe.files import sha256_of, sha256_of_files
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import CaseFiles, DatasetConfigError, case_id_problem, compile_regex
@@ -44,7 +45,7 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 _BLOCK = 1 << 20
 
 
-class IndexError_(ValueError):
+class IndexError_(MedpipeError, ValueError):
     """The JSON index is not an object of ``"images/<name>": ["masks/<name>", ...]`` entries."""
 
 
