@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from medpipe.config import load_config
-from medpipe.finetune.settings import SettingsError, resolve_run
+from medpipe.run_settings import SettingsError, resolve_run
 from medpipe.runlock import run_lock
 from medpipe.store import DatasetStore
 

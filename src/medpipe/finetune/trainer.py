@@ -58,11 +58,12 @@ from medpipe.finetune.objective import (
     semantic_outputs,
     validation_dice_loss,
 )
-from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
 from medpipe.models.attention import set_fused_attention
 from medpipe.models.sam import build_sam, encoder_digest
 from medpipe.models.sem_decoder import decoder_for
 from medpipe.models.transforms import pixel_stats
+from medpipe.preemption import PREEMPTED_EXIT, PreemptionFlag
+from medpipe.run_settings import FinetuneSettings, fingerprint, model_label
 
 log = logging.getLogger(__name__)
 
@@ -167,28 +168,6 @@ def iteration_draws(seed: int, iteration: int, p_box: float, p_mask: float) -> l
     """
     draws = np.random.default_rng([seed, STREAM_DRAWS, iteration])
     return [bool(draws.random() < p_box), bool(draws.random() < p_mask)]
-
-
-PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job did not finish, a rerun resumes
-
-
-class PreemptionFlag:
-    """Turns SIGTERM / SIGINT (cluster preemption, Ctrl-C) into a request to checkpoint and stop
-    after the current iteration, instead of losing everything since the last checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        log.warning("received signal %d; will checkpoint after this iteration and stop", signum)
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _image_rngs(seed: int, stream: int, positions) -> list[np.random.Generator]:

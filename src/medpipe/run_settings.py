@@ -4,6 +4,8 @@ A run's settings are the schema's knob defaults <- ``finetune.defaults`` <- the 
 run's own keys, so a preset names a training strategy of the paper and a run may still override any
 knob. The config schema is the one definition of every knob's default and of the presets: this
 module reads them from it (torch-free, so the workflow can resolve runs while it parses).
+It sits below the stages: the finetune stage trains with these settings, and the model list
+(``medpipe.models.specs``), the config check and the workflow resolve run names with them.
 """
 
 from __future__ import annotations
