@@ -171,9 +171,6 @@ class FinetuneSettings(Mapping):
 _FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneSettings))
 #: keys of a run entry that are not knobs
 RUN_KEYS = ("base", "preset")
-IDENTITY = ("run", "preset", "base", "model_type", "checkpoint")
-#: the knob names; the schema's ``finetune.defaults`` must define exactly these (tested)
-KNOBS = tuple(name for name in _FIELDS if name not in IDENTITY)
 #: the schema's knob defaults and presets (the module's names for them)
 KNOB_DEFAULTS = knob_defaults()
 PRESETS = preset_defaults()

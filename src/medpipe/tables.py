@@ -26,7 +26,6 @@ COLUMNS_2D_OBJECTS = ["dataset", "case", "class_id", "class", "object", "start",
 KEYS_2D_OBJECTS = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
 COLUMNS_3D = ["dataset", "split", "case", "class_id", "class", "object", "z_start", "start", "iou_threshold",
               "projection", "box_extension", "dice", "n_slices", "seed", "model"]
-KEYS_3D = ["dataset", "case", "class_id", "object", "start", "seed"]
 GRID = ["iou_threshold", "projection", "box_extension"]
 
 
@@ -34,7 +33,7 @@ class MissingResultError(MedpipeError, RuntimeError):
     """A result the protocol must have produced is absent (never silently shift a pairing)."""
 
 
-def read_tsv(path, columns=None) -> pd.DataFrame:
+def read_result_table(path, columns=None) -> pd.DataFrame:
     """Read a result table (ids stay text: :func:`medpipe.files.read_tsv`); ``columns`` that must be
     present are checked, naming the file."""
     path = Path(path)
