@@ -18,7 +18,7 @@ FOUNDATION = "foundation"
 
 LAYERS = {
     # entry points: the `medpipe` command, and what the workflow reads while it parses
-    "__main__": TOP, "cli": TOP, "planning": TOP, "checkdata": TOP, "placeholders": TOP,
+    "__main__": TOP, "cli": TOP, "checkdata": TOP, "placeholders": TOP,
     # stages: one package per step of the pipeline
     "synth": STAGE, "data": STAGE, "finetune": STAGE, "export": STAGE, "interactive": STAGE, "semantic": STAGE,
     "aggregate": STAGE,
@@ -26,7 +26,7 @@ LAYERS = {
     "errors": FOUNDATION, "files": FOUNDATION, "config": FOUNDATION, "schemas": FOUNDATION, "io": FOUNDATION,
     "store": FOUNDATION, "splits": FOUNDATION, "tables": FOUNDATION, "metrics": FOUNDATION, "losses": FOUNDATION,
     "prompts": FOUNDATION, "models": FOUNDATION, "hardware": FOUNDATION, "runlock": FOUNDATION,
-    "preemption": FOUNDATION, "run_settings": FOUNDATION,
+    "preemption": FOUNDATION, "run_settings": FOUNDATION, "planning": FOUNDATION,
     # the object-table format: written by ingest, read by the store and by finetuning
     "data.objects": FOUNDATION,
 }
