@@ -55,7 +55,7 @@ def make_corpus(tmp: Path, seed: int = 0, size: int = 64) -> tuple[Path, list[Pa
 
 
 def tiny_settings(**overrides) -> dict:
-    from medpipe.finetune.settings import KNOB_DEFAULTS
+    from medpipe.run_settings import KNOB_DEFAULTS
 
     settings = {**KNOB_DEFAULTS, "run": "t", "preset": "medicosam_full", "base": "sam_tiny", "model_type": "tiny",
                 "checkpoint": None, "n_obj": 3, "n_steps": 2, "p_box": 0.5, "p_mask": 0.5, "e_sem": False,

@@ -6,10 +6,10 @@ import torch
 
 from medpipe.finetune import objective as O
 from medpipe.finetune.data import IterationBatches, collate, instances_from_semantic, make_sample
-from medpipe.finetune.settings import PRESETS, SettingsError, fingerprint, resolve_run
 from medpipe.finetune.trainer import iteration_draws, lr_factor
 from medpipe.losses import pooled_dice_loss
 from medpipe.models.transforms import SAM_PIXELS
+from medpipe.run_settings import PRESETS, SettingsError, fingerprint, resolve_run
 
 
 def test_dice_loss_hand_computed():
@@ -206,7 +206,7 @@ def test_schedule_decays():
 
 
 def test_lr_decay_none_keeps_the_rate_constant_and_is_validated():
-    from medpipe.finetune.settings import KNOB_DEFAULTS, FinetuneSettings
+    from medpipe.run_settings import KNOB_DEFAULTS, FinetuneSettings
 
     assert KNOB_DEFAULTS["lr_decay"] == 0.9  # the paper's x0.9 per epoch stays the default
     base = {**KNOB_DEFAULTS, "run": "r", "preset": "p", "base": "b", "model_type": "tiny", "checkpoint": None}
@@ -390,7 +390,7 @@ def test_validation_prompt_kinds():
 
 def test_schema_defaults_match_code_and_demo_runs_resolve(repo_root):
     from medpipe.config import load_config, schema
-    from medpipe.finetune.settings import KNOB_DEFAULTS
+    from medpipe.run_settings import KNOB_DEFAULTS
 
     section = schema()["properties"]["finetune"]["properties"]
     assert section["defaults"]["default"] == KNOB_DEFAULTS

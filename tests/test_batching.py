@@ -7,7 +7,7 @@ import torch
 from medpipe.finetune import distributed as D
 from medpipe.finetune.batching import BatchPlan, iteration_groups, plan_batches, resume_refusal
 from medpipe.finetune.data import IterationBatches
-from medpipe.finetune.settings import SettingsError
+from medpipe.run_settings import SettingsError
 
 from finetune_fixtures import make_corpus, tiny_settings
 
@@ -28,7 +28,7 @@ def test_accumulation_reaches_the_papers_global_batch_on_any_node_shape():
 
 
 def tiny_settings_obj(**overrides):
-    from medpipe.finetune.settings import FinetuneSettings
+    from medpipe.run_settings import FinetuneSettings
 
     return FinetuneSettings.from_mapping(tiny_settings(**overrides))
 

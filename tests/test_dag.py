@@ -57,7 +57,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     runs = list(config["finetune"]["runs"])
     esem = []
     if runs:
-        from medpipe.finetune.settings import resolve_run
+        from medpipe.run_settings import resolve_run
 
         esem = [run for run in runs if resolve_run(config, run)["e_sem"]]
         counts.update(finetune=len(runs), export_model=len(runs) - len(esem), export_model_with_decoder=len(esem),

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from medpipe.finetune.command import store_map
-from medpipe.finetune.settings import SettingsError
 from medpipe.finetune.trainer import train
+from medpipe.run_settings import SettingsError
 
 from finetune_fixtures import TINY_RUN, make_corpus, tiny_settings, write_config
 
@@ -70,7 +70,7 @@ def test_freeze_names_only_parts_of_sam():
 
 
 def tiny_settings_obj(**overrides):
-    from medpipe.finetune.settings import FinetuneSettings
+    from medpipe.run_settings import FinetuneSettings
 
     return FinetuneSettings.from_mapping(tiny_settings(**overrides))
 

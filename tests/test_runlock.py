@@ -1,7 +1,6 @@
 """One trainer per run folder: a second one exits at once naming the holder; a crash leaves no lock."""
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -76,18 +75,18 @@ def test_without_flock_the_record_decides(tmp_path, monkeypatch):
         live.wait()
 
 
-def test_finetune_command_exits_at_once_while_another_trainer_runs(tmp_path, caplog):
+def test_finetune_command_exits_at_once_while_another_trainer_runs(tmp_path, capsys):
     from medpipe.cli import main
 
     config = write_config(tmp_path, {"t": TINY_RUN})
     proc = _holder(tmp_path)
     try:
         tick = time.perf_counter()
-        with caplog.at_level(logging.ERROR):
-            code = main(["finetune", "t", "--config", str(config), "--corpus", "c.tsv", "--stores",
-                         str(tmp_path / "missing.zarr"), "--out-dir", str(tmp_path / "run")])
+        code = main(["finetune", "t", "--config", str(config), "--corpus", "c.tsv", "--stores",
+                     str(tmp_path / "missing.zarr"), "--out-dir", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip()
         assert code == 2 and time.perf_counter() - tick < 10
-        assert f"PID {proc.pid}" in caplog.text and "another trainer is running" in caplog.text
+        assert len(err.splitlines()) == 1 and f"PID {proc.pid}" in err and "another trainer is running" in err
         assert not (tmp_path / "run" / "latest.pt").exists()
     finally:
         proc.kill()

@@ -18,7 +18,7 @@ from medpipe.cli import main
 from medpipe.finetune.data import corpus_cases
 from medpipe.semantic.data import read_split
 from medpipe.store import DatasetStore
-from medpipe.tables import COLUMNS_2D, read_tsv
+from medpipe.tables import COLUMNS_2D, read_result_table
 
 from interactive_fixtures import image_2d
 
@@ -33,7 +33,7 @@ def test_read_tsv_keeps_names_as_text_and_empty_numbers_missing(tmp_path):
     assert back["dataset"].tolist() == ["NA", "null"] and back["case"].tolist() == ["None", "007"]
     assert back["model"].tolist() == ["nan", "NaN"]
     assert back["dice"].iloc[0] == 0.5 and pd.isna(back["dice"].iloc[1]) and back["seed"].tolist() == [0, 1]
-    assert read_tsv(tmp_path / "t.tsv")["case"].tolist() == ["None", "007"]  # the result-table reader
+    assert read_result_table(tmp_path / "t.tsv")["case"].tolist() == ["None", "007"]  # the result-table reader
 
 
 def test_semantic_results_with_na_ids_aggregate_by_name(tmp_path):
@@ -77,7 +77,7 @@ def test_na_ids_through_ingest_split_embed_eval2d_and_aggregation(tmp_path, monk
              "--cache", "r/emb.zarr", "--threads", "1"]
     assert main(["embed", *common, *model]) == 0
     assert main(["eval2d", *common, *model, "--out", "r/e2d.tsv", "--out-objects", "r/e2d.objects.tsv"]) == 0
-    table = read_tsv("r/e2d.tsv", COLUMNS_2D)
+    table = read_result_table("r/e2d.tsv", COLUMNS_2D)
     assert set(table["case"]) == set(split["test"]) and set(table["dataset"]) == {"NA"}
     assert set(table["model"]) == {"None"} and set(table["class"]) <= {"null", "None"}
     assert main(["aggregate-interactive", *common, "--tables2d", "r/e2d.tsv", "--objects2d", "r/e2d.objects.tsv",

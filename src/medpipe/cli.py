@@ -120,14 +120,10 @@ def run_validate_config(args) -> int:
 
     import yaml
 
-    from medpipe.config import ConfigError, check_files, load_config
+    from medpipe.config import check_files, load_config
 
-    try:
-        config = load_config(args.config)
-        check_files(config, source=args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    check_files(config, source=args.config)
     print(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     return 0
 
@@ -160,22 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from medpipe.config import ConfigError
+    from medpipe.errors import MedpipeError
 
-    if getattr(args, "device", None) is not None:  # a torch job: refuse a GPU job without CUDA, log the hardware
-        from medpipe.hardware import DeviceError, job_header, require_cuda
+    try:
+        if getattr(args, "device", None) is not None:  # a torch job: refuse a GPU job without CUDA, log the hardware
+            from medpipe.hardware import job_header, require_cuda
 
-        try:
             if args.device == "cuda":
                 require_cuda()
-        except DeviceError as exc:
-            print(f"medpipe {args.command}: {exc}", file=sys.stderr)
-            return 3
-        logging.getLogger("medpipe").info("%s", job_header(args.device))
-    try:
+            logging.getLogger("medpipe").info("%s", job_header(args.device))
         return int(args._run(args) or 0)
-    except ConfigError as exc:  # any subcommand: the config's problems, one line each, no traceback
-        print(exc, file=sys.stderr)
+    except MedpipeError as exc:  # the one error contract (medpipe.errors): the message, no traceback
+        print(f"medpipe {args.command}: {exc}" if exc.names_command else exc, file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:  # a missing input is bad input too: one line naming it
+        print(f"{exc.filename}: {exc.strerror}" if exc.filename else exc, file=sys.stderr)
         return 2
 
 

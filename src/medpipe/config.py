@@ -23,11 +23,12 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from medpipe.errors import MedpipeError
 from medpipe.files import write_text
 from medpipe.models.names import BUNDLED, BUNDLED_TYPES, VIT_TYPES
 
 
-class ConfigError(ValueError):
+class ConfigError(MedpipeError, ValueError):
     """The configuration is invalid; the message names the file and the key."""
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medpipe.errors import MedpipeError
+
 BLOCK_BYTES = 4 * 1024 * 1024
 #: columns that hold names and ids in the project's tables: always read as text, because pandas
 #: would read a case, patient, dataset, model or class called ``NA``, ``null``, ``None`` or ``nan``
@@ -113,7 +115,7 @@ def save_torch(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-class TorchFileError(ValueError):
+class TorchFileError(MedpipeError, ValueError):
     """A torch file is missing, truncated or corrupt, or holds more than weights; names the file."""
 
 

@@ -14,12 +14,17 @@ import os
 import socket
 from pathlib import Path
 
+from medpipe.errors import MedpipeError
+
 #: the NVIDIA kernel module's version file (driver version without starting a CUDA context)
 DRIVER_FILE = Path("/proc/driver/nvidia/version")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(MedpipeError, RuntimeError):
     """A job was asked to use a GPU and cannot; the message is one line naming the cause."""
+
+    exit_code = 3  # docs/reliability.md: a GPU job without a usable GPU
+    names_command = True
 
 
 def _version(text: str | None) -> tuple[int, ...]:

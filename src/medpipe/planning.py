@@ -19,9 +19,9 @@ from medpipe.config import (
     validate_config,
     write_resolved,
 )
-from medpipe.finetune.settings import resolve_run
 from medpipe.models.names import RANDOM_INIT, checkpoint_file, checkpoint_label
 from medpipe.models.specs import ModelSpec, embedding_owner, model_specs
+from medpipe.run_settings import resolve_run
 
 __all__ = [
     "RANDOM_INIT",

@@ -26,11 +26,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from medpipe.errors import MedpipeError
+
 LOCK_NAME = "trainer.lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunLocked(RuntimeError):
+class RunLocked(MedpipeError, RuntimeError):
     """Another trainer holds the run folder; the message names it and what to do."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from medpipe.errors import MedpipeError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: case ids in the `index` arrays (1: a JSON list in attrs.case_ids; still read)
@@ -26,7 +28,7 @@ COMPLETE_FLAG = "complete"
 INDEX_ROWS = 65536  # rows per chunk of the index arrays
 
 
-class StoreError(RuntimeError):
+class StoreError(MedpipeError, RuntimeError):
     """A store is missing, incomplete or has an unexpected layout."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from medpipe import files
+from medpipe.errors import MedpipeError
 
 #: 2D, per image and class: ``dice`` of the union of the class's predicted objects vs the class mask
 COLUMNS_2D = ["dataset", "case", "class_id", "class", "start", "masks", "iteration", "dice", "n_objects", "seed",
@@ -25,15 +26,14 @@ COLUMNS_2D_OBJECTS = ["dataset", "case", "class_id", "class", "object", "start",
 KEYS_2D_OBJECTS = ["dataset", "case", "class_id", "object", "start", "masks", "iteration", "seed"]
 COLUMNS_3D = ["dataset", "split", "case", "class_id", "class", "object", "z_start", "start", "iou_threshold",
               "projection", "box_extension", "dice", "n_slices", "seed", "model"]
-KEYS_3D = ["dataset", "case", "class_id", "object", "start", "seed"]
 GRID = ["iou_threshold", "projection", "box_extension"]
 
 
-class MissingResultError(RuntimeError):
+class MissingResultError(MedpipeError, RuntimeError):
     """A result the protocol must have produced is absent (never silently shift a pairing)."""
 
 
-def read_tsv(path, columns=None) -> pd.DataFrame:
+def read_result_table(path, columns=None) -> pd.DataFrame:
     """Read a result table (ids stay text: :func:`medpipe.files.read_tsv`); ``columns`` that must be
     present are checked, naming the file."""
     path = Path(path)

@@ -20,8 +20,6 @@ from medpipe.tables import MissingResultError
 
 COLUMNS = ["comparison", "a", "b", "dataset", "dice_a", "dice_b", "value", "ci_low", "ci_high", "n_cases",
            "n_pairs"]
-#: setting keys of a side; every other key of the result table pairs the rows
-SETTING = ("model", "start", "masks", "iteration")
 
 
 def _label(side: dict) -> str:

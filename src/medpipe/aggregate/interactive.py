@@ -34,7 +34,7 @@ from medpipe.aggregate.comparisons import comparison_table  # noqa: E402
 from medpipe.files import atomic_path, write_tsv  # noqa: E402
 from medpipe.metrics import bootstrap_dataset_mean, noc_per_object  # noqa: E402
 from medpipe.models.specs import model_specs  # noqa: E402
-from medpipe.tables import COLUMNS_2D, COLUMNS_2D_OBJECTS, KEYS_2D, MissingResultError, read_tsv  # noqa: E402
+from medpipe.tables import COLUMNS_2D, COLUMNS_2D_OBJECTS, KEYS_2D, MissingResultError, read_result_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,8 @@ def aggregate(config: dict, tables2d, objects2d, tables3d, tables_dir, figures_d
     figures_dir.mkdir(parents=True, exist_ok=True)
     section, seed = config["aggregate"], int(config["seed"])
     specs = list(model_specs(config))
-    rows2d = pd.concat([read_tsv(p, COLUMNS_2D) for p in tables2d], ignore_index=True)
-    objects = pd.concat([read_tsv(p, COLUMNS_2D_OBJECTS) for p in objects2d], ignore_index=True)
+    rows2d = pd.concat([read_result_table(p, COLUMNS_2D) for p in tables2d], ignore_index=True)
+    objects = pd.concat([read_result_table(p, COLUMNS_2D_OBJECTS) for p in objects2d], ignore_index=True)
     models = [m for m in specs if m in set(rows2d["model"])]
     reference = section["reference_model"] or next(iter(config["models"]))
     masks = "off" if "off" in set(rows2d["masks"]) else rows2d["masks"].iloc[0]
@@ -255,7 +255,7 @@ def aggregate(config: dict, tables2d, objects2d, tables3d, tables_dir, figures_d
     out["difference"] = write_tsv(diff, tables_dir / "interactive2d_difference.tsv")
     out["comparisons"] = write_tsv(comparison_table(rows2d, section["comparisons"], section["n_boot"], seed),
                                    tables_dir / "interactive2d_comparisons.tsv")
-    rows3d = (pd.concat([read_tsv(p, ["result"]) for p in tables3d], ignore_index=True) if tables3d
+    rows3d = (pd.concat([read_result_table(p, ["result"]) for p in tables3d], ignore_index=True) if tables3d
               else pd.DataFrame(columns=["result"]))
     out["interactive3d"] = write_tsv(rows3d, tables_dir / "interactive3d.tsv")
     summary3d = summarize_3d(rows3d, section["n_boot"], seed)

@@ -22,36 +22,21 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ingest(args) -> int:
     from medpipe.data.faults import IngestFault, machine_fault
-    from medpipe.data.ingest import NoCasesError, ingest_dataset
+    from medpipe.data.ingest import ingest_dataset
     from medpipe.io.cases import DatasetConfigError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    if args.dataset not in config["datasets"]:
-        log.error("%s: no dataset %r (known: %s)", args.config, args.dataset, ", ".join(config["datasets"]))
-        return 2
+    config, spec = _dataset_spec(args)
     allow_empty = args.allow_empty or config["ingest"]["allow_empty"]
     try:
-        ingest_dataset(args.dataset, config["datasets"][args.dataset], args.out, args.quarantine,
-                       config.get("ingest"), allow_empty=allow_empty)
+        ingest_dataset(args.dataset, spec, args.out, args.quarantine, config.get("ingest"), allow_empty=allow_empty)
     except DatasetConfigError as exc:
-        log.error("%s: %s", args.config, exc)
-        return 2
-    except NoCasesError as exc:
-        log.error("%s", exc)
-        return 2
-    except IngestFault as exc:
-        log.error("%s", exc)
-        return 1
+        raise DatasetConfigError(f"{args.config}: {exc}") from exc
     except (OSError, MemoryError) as exc:  # a fault outside any case (the store's folder, the quarantine table)
         if machine_fault(exc) is None:
             raise
-        log.error("%s: %s; ingest of %s stopped, nothing published", getattr(exc, "filename", None) or args.out,
-                  getattr(exc, "strerror", None) or type(exc).__name__, args.dataset)
-        return 1
+        raise IngestFault(f"{getattr(exc, 'filename', None) or args.out}: "
+                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}; "
+                          f"ingest of {args.dataset} stopped, nothing published") from exc
     return 0
 
 
@@ -76,16 +61,11 @@ def _max_missing(args, config: dict) -> float:
 
 
 def run_split(args) -> int:
-    from medpipe.splits import SplitError, split_dataset
-    from medpipe.store import StoreError
+    from medpipe.splits import split_dataset
 
-    try:
-        config = load_config(args.config)
-        split_dataset(args.store, args.out, config["splits"]["fractions"], config["seed"], args.previous,
-                      args.ledger, _max_missing(args, config))
-    except (ConfigError, SplitError, StoreError) as exc:
-        log.error("%s", exc)
-        return 2
+    config = load_config(args.config)
+    split_dataset(args.store, args.out, config["splits"]["fractions"], config["seed"], args.previous,
+                  args.ledger, _max_missing(args, config))
     return 0
 
 
@@ -97,16 +77,11 @@ def add_split_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_split_corpus(args) -> int:
-    from medpipe.splits import SplitError, evaluated_datasets, split_corpus
-    from medpipe.store import StoreError
+    from medpipe.splits import evaluated_datasets, split_corpus
 
-    try:
-        config = load_config(args.config)
-        split_corpus(args.stores, args.dataset_splits, args.out, config["corpus"], config["seed"], args.previous,
-                     args.ledger, _max_missing(args, config), evaluated=evaluated_datasets(config["datasets"]))
-    except (ConfigError, SplitError, StoreError) as exc:
-        log.error("%s", exc)
-        return 2
+    config = load_config(args.config)
+    split_corpus(args.stores, args.dataset_splits, args.out, config["corpus"], config["seed"], args.previous,
+                 args.ledger, _max_missing(args, config), evaluated=evaluated_datasets(config["datasets"]))
     return 0
 
 
@@ -120,7 +95,7 @@ def add_ingest_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="plan folder to write")
 
 
-def _corpus_spec(args):
+def _dataset_spec(args):
     config = load_config(args.config)
     if args.dataset not in config["datasets"]:
         raise ConfigError(f"{args.config}: no dataset {args.dataset!r} (known: {', '.join(config['datasets'])})")
@@ -129,14 +104,9 @@ def _corpus_spec(args):
 
 def run_ingest_plan(args) -> int:
     from medpipe.data.corpus import plan_corpus
-    from medpipe.io.cases import DatasetConfigError
 
-    try:
-        _, spec = _corpus_spec(args)
-        plan_corpus(args.dataset, spec, args.parts, args.out)
-    except (ConfigError, DatasetConfigError) as exc:
-        log.error("%s", exc)
-        return 2
+    _, spec = _dataset_spec(args)
+    plan_corpus(args.dataset, spec, args.parts, args.out)
     return 0
 
 
@@ -150,21 +120,13 @@ def add_ingest_part_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ingest_part(args) -> int:
     from medpipe.data.corpus import ingest_part
-    from medpipe.data.faults import IngestFault
-    from medpipe.io.cases import DatasetConfigError
 
-    try:
-        _, spec = _corpus_spec(args)
-        k, _, n = args.part.partition("-of-")
-        if not (k.isdigit() and n.isdigit()):
-            raise ConfigError(f"--part {args.part!r}: expected K-of-N")
-        ingest_part(args.dataset, spec, args.plan, int(k) - 1, args.out)
-    except (ConfigError, DatasetConfigError) as exc:
-        log.error("%s", exc)
-        return 2
-    except IngestFault as exc:  # the disk or memory, not a case: nothing published, no case blamed
-        log.error("%s", exc)
-        return 1
+    _, spec = _dataset_spec(args)
+    k, _, n = args.part.partition("-of-")
+    if not (k.isdigit() and n.isdigit()):
+        raise ConfigError(f"--part {args.part!r}: expected K-of-N")
+    # an IngestFault (the disk or memory, not a case) exits 1: nothing published, no case blamed
+    ingest_part(args.dataset, spec, args.plan, int(k) - 1, args.out)
     return 0
 
 
@@ -179,13 +141,8 @@ def add_ingest_gather_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ingest_gather(args) -> int:
     from medpipe.data.corpus import gather_corpus
-    from medpipe.data.ingest import NoCasesError
 
-    try:
-        config, spec = _corpus_spec(args)
-        gather_corpus(args.dataset, spec, args.parts, args.out, args.quarantine,
-                      allow_empty=args.allow_empty or config["ingest"]["allow_empty"])
-    except (ConfigError, NoCasesError) as exc:
-        log.error("%s", exc)
-        return 2
+    config, spec = _dataset_spec(args)
+    gather_corpus(args.dataset, spec, args.parts, args.out, args.quarantine,
+                  allow_empty=args.allow_empty or config["ingest"]["allow_empty"])
     return 0

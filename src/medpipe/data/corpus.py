@@ -107,7 +107,7 @@ def plan_corpus(dataset: str, spec: dict, parts: int, out: str | Path) -> dict:
                 handle.close()
         if strays:
             _place_strays(source, strays, partial)
-    except (sa_med2d.IndexError_, UnicodeDecodeError, CaseProblem) as exc:
+    except (sa_med2d.CorpusIndexError, UnicodeDecodeError, CaseProblem) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise DatasetConfigError(f"datasets.{dataset}: {exc}") from exc
     except BaseException:

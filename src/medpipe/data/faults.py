@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import errno
 
+from medpipe.errors import MedpipeError
+
 #: errno values of the machine, never of a case's content
 FAULT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM}
 
 
-class IngestFault(RuntimeError):
+class IngestFault(MedpipeError, RuntimeError):
     """The machine failed (disk full, read-only, I/O error, out of memory); nothing was published."""
+
+    exit_code = 1  # a machine fault, not bad input
 
 
 def machine_fault(exc: BaseException) -> BaseException | None:

@@ -37,6 +37,7 @@ import zarr
 from tqdm import tqdm
 
 from medpipe.data.faults import raise_if_fault
+from medpipe.errors import MedpipeError
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import CaseFiles, DatasetConfigError
 from medpipe.io.layouts import Layout, get_layout
@@ -53,7 +54,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 __all__ = ["CaseProblem", "IngestReport", "count_non_finite", "ingest_dataset", "label_dtype", "label_summary"]
 
 
-class NoCasesError(RuntimeError):
+class NoCasesError(MedpipeError, RuntimeError):
     """No case of a dataset could be ingested (and ``allow_empty`` is off); nothing was published."""
 
 

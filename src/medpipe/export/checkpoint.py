@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from medpipe.errors import MedpipeError
 from medpipe.files import TorchFileError, load_torch, save_torch, sha256_of, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ WRAPPER_PREFIXES = ("module.", "sam.")  # DDP / our FinetuneModel container
 DECODER_PREFIX = "sem_decoder."
 
 
-class ExportError(RuntimeError):
+class ExportError(MedpipeError, RuntimeError):
     """A training checkpoint cannot be exported (names the file and the problem)."""
 
 

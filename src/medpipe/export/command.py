@@ -16,13 +16,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args) -> int:
-    from medpipe.export.checkpoint import ExportError, export
+    from medpipe.export.checkpoint import export
 
-    try:
-        export(args.training_ckpt, args.out)
-    except ExportError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    export(args.training_ckpt, args.out)
     return 0
 
 
@@ -60,6 +56,7 @@ def add_compat_table_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compat_table(args) -> int:
     import pandas as pd
 
+    from medpipe.export.checkpoint import ExportError
     from medpipe.export.compat import TABLE_COLUMNS, compat_rows
     from medpipe.files import write_tsv
 
@@ -68,8 +65,7 @@ def run_compat_table(args) -> int:
         try:
             results.append(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as exc:
-            print(f"{path}: cannot read compatibility check ({exc})", file=sys.stderr)
-            return 2
+            raise ExportError(f"{path}: cannot read compatibility check ({exc})") from exc
     frame = pd.DataFrame(compat_rows(results), columns=TABLE_COLUMNS).sort_values(["model", "library"])
     write_tsv(frame, args.out)
     return 0

@@ -89,8 +89,6 @@ def check_segment_anything(state: dict, model_type: str, predict: bool = True) -
     return _library_check(row, load, _predict_once if predict else None)
 
 
-#: micro-sam's get_sam_model builds the SAM architecture that matches the image encoder's width
-MICRO_SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 ENCODER_WIDTH_KEY = "image_encoder.patch_embed.proj.weight"
 
 

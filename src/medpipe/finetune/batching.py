@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from medpipe.finetune.settings import SettingsError
+from medpipe.run_settings import SettingsError
 
 
 @dataclass(frozen=True)

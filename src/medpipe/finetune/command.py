@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from medpipe.config import load_config
-from medpipe.finetune.settings import SettingsError, resolve_run
-from medpipe.runlock import RunLocked, run_lock
+from medpipe.run_settings import SettingsError, resolve_run
+from medpipe.runlock import run_lock
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,14 @@ def run_finetune(args) -> int:
     import yaml
 
     from medpipe.finetune.finite import NonFiniteError
-    from medpipe.finetune.trainer import ResumeError, train
+    from medpipe.finetune.trainer import train
 
     config = load_config(args.config)
     settings = resolve_run(config, args.run)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in settings:
-            raise SystemExit(f"--set {item}: unknown knob {key!r}")
+            raise SettingsError(f"--set {item}: unknown knob {key!r}")
         settings = settings.replace(**{key: yaml.safe_load(value)})
     cache = args.embedding_cache or Path(config["results_dir"]) / "finetune_embeddings"
     # one trainer per run folder: rank 0 holds the lock (torchrun stops the other ranks when it exits)
@@ -65,12 +65,8 @@ def run_finetune(args) -> int:
                             die_after=args.die_after, embedding_cache=cache, device=args.device,
                             embedding_cache_bytes=float(config["finetune"]["embedding_cache_gb"]) * 1e9,
                             process_group_timeout_s=float(config["finetune"]["process_group_timeout_s"]))
-    except (ResumeError, RunLocked, SettingsError) as exc:
-        log.error("%s", exc)
-        return 2
-    except NonFiniteError as exc:  # the run diverged: its checkpoints keep the last good weights
-        log.error("%s: %s", args.out_dir, exc)
-        return 1
+    except NonFiniteError as exc:  # the run diverged (exit 1): its checkpoints keep the last good weights
+        raise NonFiniteError(f"{args.out_dir}: {exc}") from exc
     if summary:
         log.info("finetune run %s done: best validation metric %s", summary["run"], summary["best_metric"])
     return 0

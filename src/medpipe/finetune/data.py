@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medpipe.data.objects import ObjectTable
+from medpipe.errors import MedpipeError
 from medpipe.models.transforms import (
     PixelStats,
     centre_pad,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 CORPUS_READ_ROWS = 200_000  # rows of the corpus table per block at start-up
 
 
-class CorpusError(RuntimeError):
+class CorpusError(MedpipeError, RuntimeError):
     """The corpus table or a store does not provide what finetuning needs."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medpipe.errors import MedpipeError
 from medpipe.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAGIC = b"medpipe-embedding-v1\n"
 SUFFIX = ".emb"
 
 
-class DamagedEntry(ValueError):
+class DamagedEntry(MedpipeError, ValueError):
     """A cache entry whose bytes are not what was written under its name."""
 
 

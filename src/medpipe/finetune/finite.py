@@ -13,9 +13,13 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from medpipe.errors import MedpipeError
 
-class NonFiniteError(RuntimeError):
+
+class NonFiniteError(MedpipeError, RuntimeError):
     """A loss or gradient is NaN or inf; the message names the iteration and what was non-finite."""
+
+    exit_code = 1  # the run diverged; its checkpoints keep the last good weights
 
 
 def _problem(losses: Mapping[str, torch.Tensor], named_parameters: Iterable) -> str | None:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medpipe import prompts as P
+from medpipe import prompts
 from medpipe.losses import pooled_dice_loss
-from medpipe.models import batched_decoding as B
+from medpipe.models import batched_decoding
 
 EPS = 1e-6
 VALIDATION_KINDS = ("point", "box", "points", "box+points")
@@ -85,7 +85,7 @@ def decode(sam, embedding: torch.Tensor, prompt: dict, mask_input, multimask: bo
     ``(logits (N, M, S, S), low_res (N, M, h', w'), iou_pred (N, M))``.
     """
     input_size = int(sam.image_encoder.img_size)
-    points, boxes = P.as_torch_prompts(_to_input_frame(prompt, input_size / out_size), embedding.device)
+    points, boxes = prompts.as_torch_prompts(_to_input_frame(prompt, input_size / out_size), embedding.device)
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
     low_res, iou_pred = sam.mask_decoder(
         image_embeddings=embedding[None],
@@ -130,15 +130,15 @@ def alg1_loss(
     device = embeddings.device
     input_size = int(sam.image_encoder.img_size)
     scale = input_size / size
-    gens = P.device_generators(rngs, device)
+    gens = prompts.device_generators(rngs, device)
     gt = masks.flatten(0, 1).bool()  # (N, S, S), objects of image b at rows b*K .. b*K + K-1
-    rings = P.bbox_rings(gt)
-    state = P.initial_prompts_device(gt, P.uniforms(gens, count, 4, device), use_box=use_box,
+    rings = prompts.bbox_rings(gt)
+    state = prompts.initial_prompts_device(gt, prompts.uniforms(gens, count, 4, device), use_box=use_box,
                                      box_distortion=box_distortion)
     low_size = tuple(4 * s for s in sam.prompt_encoder.image_embedding_size)
-    mask_in = P.empty_mask_prompt(gt.shape[0], low_size, device) if use_mask else None
+    mask_in = prompts.empty_mask_prompt(gt.shape[0], low_size, device) if use_mask else None
     per_object = embeddings[:, None].expand(-1, count, -1, -1, -1).flatten(0, 1)
-    image_pe = B.dense_pe(sam.prompt_encoder)
+    image_pe = batched_decoding.dense_pe(sam.prompt_encoder)
     sizes = (low_size[0], input_size) + ((size,) if size != input_size else ())
     target = gt[:, None].float()
     mask_total = embeddings.new_zeros((), dtype=torch.float32)
@@ -146,23 +146,25 @@ def alg1_loss(
     for step in range(n_steps + 1):
         points = state["points"] * scale if state["points"] is not None else None
         boxes = state["boxes"] * scale if state["boxes"] is not None else None
-        sparse, dense = B.encode_prompts(sam.prompt_encoder, points, state["labels"], boxes, mask_in, gt.shape[0])
+        sparse, dense = batched_decoding.encode_prompts(sam.prompt_encoder, points, state["labels"], boxes, mask_in,
+                                                        gt.shape[0])
         multimask = boxes is None and points is not None and points.shape[1] == 1
-        low_res, iou_pred = B.decode_objects(sam.mask_decoder, per_object, image_pe, sparse, dense, multimask)
-        logits = B.resize_logits(low_res, sizes)
+        low_res, iou_pred = batched_decoding.decode_objects(sam.mask_decoder, per_object, image_pe, sparse, dense,
+                                                            multimask)
+        logits = batched_decoding.resize_logits(low_res, sizes)
         mask_loss, iou_loss = step_losses(logits, iou_pred, target)
         mask_total = mask_total + mask_loss
         iou_total = iou_total + iou_loss
         if step == n_steps:
             break
         with torch.no_grad():  # Alg. 1 lines 26-33: corrections from the best predicted mask
-            best_logits, _ = P.select_best(logits, iou_pred)
-            coords, labels = P.correction_points_device(gt, best_logits[:, 0] > 0, P.uniforms(gens, count, 2, device),
-                                                        rings)
-            state = P.add_correction_points_device(state, coords, labels)
+            best_logits, _ = prompts.select_best(logits, iou_pred)
+            coords, labels = prompts.correction_points_device(gt, best_logits[:, 0] > 0,
+                                                              prompts.uniforms(gens, count, 2, device), rings)
+            state = prompts.add_correction_points_device(state, coords, labels)
             if use_mask:
-                low_best, _ = P.select_best(low_res, iou_pred)
-                mask_in = P.mask_prompt_from(low_best)
+                low_best, _ = prompts.select_best(low_res, iou_pred)
+                mask_in = prompts.mask_prompt_from(low_best)
     steps = n_steps + 1
     mask_total, iou_total = mask_total / steps, iou_total / steps
     return {"loss": mask_total + iou_total, "mask_loss": mask_total, "iou_loss": iou_total}
@@ -193,14 +195,15 @@ def alg1_loss_reference(
     """
     batch, _, size = masks.shape[0], masks.shape[1], masks.shape[-1]
     gt_np = masks.detach().cpu().numpy().astype(bool)
-    state = [P.initial_prompts(gt_np[b], rngs[b], use_box=use_box, box_distortion=box_distortion) for b in range(batch)]
+    state = [prompts.initial_prompts(gt_np[b], rngs[b], use_box=use_box, box_distortion=box_distortion)
+             for b in range(batch)]
     low_size = tuple(4 * s for s in sam.prompt_encoder.image_embedding_size)
-    mask_in = [P.empty_mask_prompt(masks.shape[1], low_size, embeddings.device) if use_mask else None] * batch
+    mask_in = [prompts.empty_mask_prompt(masks.shape[1], low_size, embeddings.device) if use_mask else None] * batch
     mask_total = embeddings.new_zeros((), dtype=torch.float32)
     iou_total = embeddings.new_zeros((), dtype=torch.float32)
     target = masks[:, :, None].float()
     for step in range(n_steps + 1):
-        outputs = [decode(sam, embeddings[b], state[b], mask_in[b], P.uses_multimask(state[b]), size)
+        outputs = [decode(sam, embeddings[b], state[b], mask_in[b], prompts.uses_multimask(state[b]), size)
                    for b in range(batch)]
         logits = torch.cat([o[0] for o in outputs])
         iou_pred = torch.cat([o[2] for o in outputs])
@@ -211,12 +214,12 @@ def alg1_loss_reference(
             break
         with torch.no_grad():  # Alg. 1 lines 26-33: corrections from the best predicted mask
             for b, (logit_b, low_b, iou_b) in enumerate(outputs):
-                best_logits, best = P.select_best(logit_b, iou_b)
+                best_logits, best = prompts.select_best(logit_b, iou_b)
                 pred = (best_logits[:, 0] > 0).cpu().numpy()
-                state[b] = P.add_correction_points(state[b], gt_np[b], pred, rngs[b])
+                state[b] = prompts.add_correction_points(state[b], gt_np[b], pred, rngs[b])
                 if use_mask:
-                    low_best, _ = P.select_best(low_b, iou_b)
-                    mask_in[b] = P.mask_prompt_from(low_best)
+                    low_best, _ = prompts.select_best(low_b, iou_b)
+                    mask_in[b] = prompts.mask_prompt_from(low_best)
     steps = n_steps + 1
     mask_total, iou_total = mask_total / steps, iou_total / steps
     return {"loss": mask_total + iou_total, "mask_loss": mask_total, "iou_loss": iou_total}
@@ -232,13 +235,13 @@ def validation_prompts(masks: np.ndarray, rng: np.random.Generator, kind: str) -
     if kind not in VALIDATION_KINDS:
         raise ValueError(f"unknown validation prompt kind {kind!r}; expected one of {VALIDATION_KINDS}")
     if kind in ("point", "box"):
-        return P.initial_prompts(masks, rng, use_box=kind == "box")
+        return prompts.initial_prompts(masks, rng, use_box=kind == "box")
     empty = np.zeros_like(masks, dtype=bool)
     if kind == "box+points":
-        return P.add_correction_points(P.initial_prompts(masks, rng, use_box=True), masks, empty, rng)
-    state = P.initial_prompts(masks, rng, use_box=False)
-    state = P.add_correction_points(state, masks, empty, rng)
-    state = P.add_correction_points(state, masks, empty, rng)
+        return prompts.add_correction_points(prompts.initial_prompts(masks, rng, use_box=True), masks, empty, rng)
+    state = prompts.initial_prompts(masks, rng, use_box=False)
+    state = prompts.add_correction_points(state, masks, empty, rng)
+    state = prompts.add_correction_points(state, masks, empty, rng)
     return state
 
 
@@ -249,7 +252,7 @@ def validation_dice_loss(sam, embeddings: torch.Tensor, masks: torch.Tensor, rng
     losses = []
     for b in range(masks.shape[0]):
         prompt = validation_prompts(gt_np[b], rngs[b], kind)
-        logits, _, _ = decode(sam, embeddings[b], prompt, None, P.uses_multimask(prompt), masks.shape[-1])
+        logits, _, _ = decode(sam, embeddings[b], prompt, None, prompts.uses_multimask(prompt), masks.shape[-1])
         losses.append(dice_loss(torch.sigmoid(logits.float()), masks[b][:, None]).min(dim=1).values)
     return torch.cat(losses).mean()
 

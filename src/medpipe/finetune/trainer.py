@@ -44,8 +44,9 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medpipe.errors import MedpipeError
 from medpipe.files import TorchFileError, atomic_path, load_torch, save_torch, write_json
-from medpipe.finetune import distributed as D
+from medpipe.finetune import distributed
 from medpipe.finetune.batching import iteration_groups, plan_batches, resume_refusal
 from medpipe.finetune.data import CorpusSamples, IterationBatches, build_items, collate
 from medpipe.finetune.encoder_cache import FrozenEncoder
@@ -57,11 +58,12 @@ from medpipe.finetune.objective import (
     semantic_outputs,
     validation_dice_loss,
 )
-from medpipe.finetune.settings import FinetuneSettings, fingerprint, model_label
 from medpipe.models.attention import set_fused_attention
 from medpipe.models.sam import build_sam, encoder_digest
 from medpipe.models.sem_decoder import decoder_for
 from medpipe.models.transforms import pixel_stats
+from medpipe.preemption import PREEMPTED_EXIT, PreemptionFlag
+from medpipe.run_settings import FinetuneSettings, fingerprint, model_label
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ METRIC_COLUMNS = ["iteration", "split", "loss", "mask_loss", "iou_loss", "sem_lo
                   "use_box", "use_mask", "model"]
 
 
-class ResumeError(RuntimeError):
+class ResumeError(MedpipeError, RuntimeError):
     """``latest.pt`` cannot be resumed from; the message names the file and the way out."""
 
 
@@ -168,28 +170,6 @@ def iteration_draws(seed: int, iteration: int, p_box: float, p_mask: float) -> l
     return [bool(draws.random() < p_box), bool(draws.random() < p_mask)]
 
 
-PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job did not finish, a rerun resumes
-
-
-class PreemptionFlag:
-    """Turns SIGTERM / SIGINT (cluster preemption, Ctrl-C) into a request to checkpoint and stop
-    after the current iteration, instead of losing everything since the last checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        log.warning("received signal %d; will checkpoint after this iteration and stop", signum)
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _image_rngs(seed: int, stream: int, positions) -> list[np.random.Generator]:
     return [np.random.default_rng([seed, stream, int(p)]) for p in positions]
 
@@ -227,7 +207,7 @@ class Run:
     """One finetune run in progress: its settings, model, data, optimiser and where it stands."""
 
     settings: FinetuneSettings
-    ctx: D.Context
+    ctx: distributed.Context
     out_dir: Path
     seed: int
     model: FinetuneModel
@@ -263,7 +243,7 @@ class Run:
         return self.out_dir / "best.pt"
 
 
-def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int, ctx: D.Context) -> Run:
+def set_up(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: int, ctx: distributed.Context) -> Run:
     """Build the model (seeded), the sample streams and the optimisers of a fresh run."""
     settings = FinetuneSettings.from_mapping(settings)
     torch.manual_seed(seed)
@@ -366,8 +346,9 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
     settings, ctx, sam = run.settings, run.ctx, run.sam
     # lean uint8 batches -> model inputs, on the device
     parts = [run.train_ds.to_device(part, ctx.device) for part in (batch if isinstance(batch, list) else [batch])]
-    k = D.global_min(min(part["masks"].shape[1] for part in parts), ctx)
-    use_box, use_mask = D.broadcast_flags(iteration_draws(run.seed, iteration, settings.p_box, settings.p_mask), ctx)
+    k = distributed.global_min(min(part["masks"].shape[1] for part in parts), ctx)
+    draws = iteration_draws(run.seed, iteration, settings.p_box, settings.p_mask)
+    use_box, use_mask = distributed.broadcast_flags(draws, ctx)
     lr = run.optimizer.param_groups[0]["lr"]
     run.model.zero_grad(set_to_none=True)
     images, frozen, rows = [], [], []
@@ -382,10 +363,10 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
                                n_steps=settings.n_steps, box_distortion=settings.box_distortion)
         (losses["loss"] / len(parts) if len(parts) > 1 else losses["loss"]).backward()
         rows.append({key: value.detach().float() for key, value in losses.items()})  # stays on the device
-    D.average_gradients(list(sam.parameters()), ctx)
-    check_step(iteration, losses, sam.named_parameters(), lambda bad: D.any_rank(bad, ctx))
+    distributed.average_gradients(list(sam.parameters()), ctx)
+    check_step(iteration, losses, sam.named_parameters(), lambda bad: distributed.any_rank(bad, ctx))
     run.optimizer.step()
-    D.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
+    distributed.broadcast_buffers(sam, ctx)  # batch-norm statistics of a trained TinyViT: rank 0's, as DDP keeps them
     scalars = {key: torch.stack([r[key] for r in rows]).mean() for key in rows[0]}
     if run.decoder is not None:  # Alg. 1 lines 37-40: own backward, a second step of the same optimiser
         run.model.zero_grad(set_to_none=True)  # parameters without a gradient are left alone by AdamW
@@ -398,14 +379,15 @@ def train_step(run: Run, batch, iteration: int, autocast) -> dict:
                 sem_loss = semantic_dice_loss(probs, foreground)
             (sem_loss / len(parts) if len(parts) > 1 else sem_loss).backward()
             sem.append(sem_loss.detach().float())
-        D.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
-        check_step(iteration, {"sem_loss": sem_loss}, run.model.named_parameters(), lambda bad: D.any_rank(bad, ctx))
+        distributed.average_gradients(list(run.decoder.parameters()) + list(sam.image_encoder.parameters()), ctx)
+        check_step(iteration, {"sem_loss": sem_loss}, run.model.named_parameters(),
+                   lambda bad: distributed.any_rank(bad, ctx))
         run.optimizer.step()
-        D.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
+        distributed.broadcast_buffers(run.decoder, ctx)  # batch-norm statistics: rank 0's, as DDP keeps them
         scalars["sem_loss"] = torch.stack(sem).mean()
     row = dict(zip(scalars, torch.stack(list(scalars.values())).tolist()))  # one device->host transfer
     run.scheduler.step()
-    return {**D.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
+    return {**distributed.mean_over_ranks(row, ctx), "lr": lr, "use_box": int(use_box), "use_mask": int(use_mask)}
 
 
 def validate_and_checkpoint(run: Run, done: int, metrics: MetricsLog, stop: bool) -> None:
@@ -422,7 +404,7 @@ def validate_and_checkpoint(run: Run, done: int, metrics: MetricsLog, stop: bool
             log.info("iteration %d: new best validation metric %.4f", done, run.best)
     if ctx.is_main and (done % settings.checkpoint_every == 0 or last or stop):
         save_checkpoint(run, run.latest, done)
-    D.barrier(ctx)
+    distributed.barrier(ctx)
 
 
 def summarize(run: Run, divergence: float) -> dict:
@@ -481,15 +463,15 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     checkpoint of that iteration). ``embedding_cache``: the folder a frozen image encoder's
     embeddings are kept in (up to ``embedding_cache_bytes``), shared by runs on the same encoder.
     ``device``: ``cuda`` or ``cpu``, never chosen silently (:func:`medpipe.finetune.distributed.setup`).
-    ``process_group_timeout_s``: how long a rank waits in a collective (:func:`D.setup`).
+    ``process_group_timeout_s``: how long a rank waits in a collective (:func:`distributed.setup`).
     """
-    ctx = D.setup(device, process_group_timeout_s)
+    ctx = distributed.setup(device, process_group_timeout_s)
     if ctx.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    D.barrier(ctx)
+    distributed.barrier(ctx)
     run = set_up(settings, corpus_table, store_paths, out_dir, seed, ctx)
     resume(run)
-    D.broadcast_parameters(run.model, ctx)
+    distributed.broadcast_parameters(run.model, ctx)
     set_modes(run.model, run.settings.freeze)  # after every weight change (TinyViT's eval-mode caches)
     attach_frozen_encoder(run, embedding_cache, embedding_cache_bytes)
     if run.frozen_encoder is not None and run.frozen_encoder.folder is not None:
@@ -514,13 +496,13 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
                      "images_per_s": run.global_batch / (time.perf_counter() - tick)})
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.4f}")
-        stop = D.any_rank(preemption.requested, ctx)
+        stop = distributed.any_rank(preemption.requested, ctx)
         validate_and_checkpoint(run, done, metrics, stop)
         if stop:  # preempted (SIGTERM/SIGINT): the checkpoint above makes the rerun continue from here
             log.warning("stopping after iteration %d on request; rerun to resume from %s", done, run.latest)
             metrics.close()
             preemption.restore()
-            D.teardown(ctx)
+            distributed.teardown(ctx)
             raise SystemExit(PREEMPTED_EXIT)
         if die_after is not None and done == die_after:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -530,9 +512,9 @@ def train(settings, corpus_table, store_paths: dict[str, str], out_dir, seed: in
     if run.frozen_encoder is not None:
         log.info("frozen image encoder: %d images encoded, %d embeddings read from %s", run.frozen_encoder.misses,
                  run.frozen_encoder.hits, run.frozen_encoder.folder or "(no cache)")
-    divergence = D.max_divergence(run.model, ctx)  # data parallelism must keep every rank's weights equal
+    divergence = distributed.max_divergence(run.model, ctx)  # data parallelism must keep every rank's weights equal
     if divergence > 0:
         log.error("weights differ across ranks by up to %g", divergence)
     summary = summarize(run, divergence) if ctx.is_main else {}
-    D.teardown(ctx)
+    distributed.teardown(ctx)
     return summary

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medpipe.config import load_config
+from medpipe.config import ConfigError, load_config
 from medpipe.files import write_tsv
 from medpipe.interactive import eval2d, grid
 from medpipe.interactive.embeddings import EmbeddingCache, case_embeddings
@@ -24,7 +24,7 @@ from medpipe.interactive.predictor import BatchedPredictor
 from medpipe.models.device import pick_device
 from medpipe.models.sam import encoder_digest, load_model
 from medpipe.models.specs import model_specs
-from medpipe.splits import split_case_ids
+from medpipe.splits import SplitError, split_case_ids
 from medpipe.store import DatasetStore
 from medpipe.tables import GRID
 
@@ -48,7 +48,7 @@ def _setup(args):
         torch.set_num_threads(args.threads)
     specs = model_specs(config)
     if args.model not in specs:
-        raise SystemExit(f"{args.config}: model {args.model!r} is not configured (known: {sorted(specs)})")
+        raise ConfigError(f"{args.config}: model {args.model!r} is not configured (known: {sorted(specs)})")
     spec, seed = specs[args.model], int(config["seed"])
     device = pick_device(args.device)
     sam = load_model(spec, seed, device)
@@ -68,7 +68,7 @@ def run_embed(args) -> int:
     config, predictor, cache, store = _setup(args)
     section = config["interactive"]
     if args.dataset not in config["datasets"]:
-        raise SystemExit(f"{args.config}: dataset {args.dataset!r} is not configured")
+        raise ConfigError(f"{args.config}: dataset {args.dataset!r} is not configured")
     roles = config["datasets"][args.dataset].get("roles", [])
     if "interactive3d" in roles:
         volumes = split_case_ids(args.splits, args.dataset, "val") + split_case_ids(args.splits, args.dataset, "test")
@@ -98,7 +98,7 @@ def run_eval2d(args) -> int:
     section = config["interactive"]
     cases = split_case_ids(args.splits, args.dataset, section["split2d"])
     if not cases:
-        raise SystemExit(f"{args.splits}: dataset {args.dataset} has no {section['split2d']!r} cases")
+        raise SplitError(f"{args.splits}: dataset {args.dataset} has no {section['split2d']!r} cases")
     union, objects = eval2d.evaluate_dataset(
         predictor, cache, store, cases, args.model,
         starts=args.start or section["starts"], masks_settings=args.masks or section["masks"],
@@ -133,7 +133,7 @@ def run_eval3d(args) -> int:
     val_cases = split_case_ids(args.splits, args.dataset, "val")
     test_cases = split_case_ids(args.splits, args.dataset, "test")
     if not val_cases:
-        raise SystemExit(f"{args.splits}: dataset {args.dataset} has no validation volumes for the 3D grid search")
+        raise SplitError(f"{args.splits}: dataset {args.dataset} has no validation volumes for the 3D grid search")
     with_oracle = section["oracle"] and not args.grid_only
     frames = [grid.evaluate_split(predictor, cache, store, val_cases, "val", points, starts, seeds, args.model,
                                   settings)]
@@ -176,20 +176,16 @@ def add_eval3d_sam2_arguments(parser) -> None:
 
 
 def run_eval3d_sam2(args) -> int:
-    from medpipe.interactive.sam2_baseline import Sam2ConfigError, build_video_predictor, evaluate_split
+    from medpipe.interactive.sam2_baseline import build_video_predictor, evaluate_split
 
     config = load_config(args.config)
     section = config["interactive"]
     models = section["sam2"]
     if args.model not in models:
-        raise SystemExit(f"{args.config}: SAM2 model {args.model!r} is not in interactive.sam2 ({sorted(models)})")
+        raise ConfigError(f"{args.config}: SAM2 model {args.model!r} is not in interactive.sam2 ({sorted(models)})")
     spec = models[args.model]
-    try:
-        predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device),
-                                          config["seed"], section["trusted_sam2_configs"])
-    except Sam2ConfigError as exc:
-        log.error("%s", exc)
-        return 2
+    predictor = build_video_predictor(spec["config"], spec.get("checkpoint"), pick_device(args.device),
+                                      config["seed"], section["trusted_sam2_configs"])
     table = evaluate_split(predictor, DatasetStore(args.store), split_case_ids(args.splits, args.dataset, "test"),
                            "test", section["starts3d"], section["seeds"], args.model,
                            grid.Settings3D.from_config(config, args.dataset), section["preprocess"])

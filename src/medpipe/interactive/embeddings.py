@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from medpipe.errors import MedpipeError
 from medpipe.store import chunk_compressors
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingCacheError(RuntimeError):
+class EmbeddingCacheError(MedpipeError, RuntimeError):
     """The cache belongs to another model or holds an unusable entry."""
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from medpipe.config import sam2_config_path
+from medpipe.errors import MedpipeError
 from medpipe.interactive import preprocess
 from medpipe.interactive.grid import DEFAULT_3D, Settings3D, volume_rng
 from medpipe.interactive.objects import objects_3d, start_slice
@@ -44,7 +45,7 @@ VIDEO_PREDICTOR_OVERRIDES = {
 }
 
 
-class Sam2ConfigError(ValueError):
+class Sam2ConfigError(MedpipeError, ValueError):
     """A SAM2 config or checkpoint that medpipe refuses to build from; names the file."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from medpipe.errors import MedpipeError
 from medpipe.files import sha256_of, sha256_of_files
 from medpipe.io.cases import CaseFiles, IdRules, glob_root, label_spec
 from medpipe.io.detached import detached_files
@@ -31,7 +32,7 @@ from medpipe.io.labels import (
 from medpipe.io.readers import ImageMeta, read_image
 
 
-class CaseProblem(ValueError):
+class CaseProblem(MedpipeError, ValueError):
     """A case fails a check; the message names the file and the problem."""
 
 

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from medpipe.errors import MedpipeError
 from medpipe.io.quarantine import QuarantineRow
 from medpipe.io.readers import base_name
 
@@ -33,7 +34,7 @@ MAX_ID_BYTES = 255  # one file-system name (a case is a folder of the store)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(MedpipeError, ValueError):
     """The dataset entry of the config cannot be used (e.g. a regex without its named group)."""
 
 

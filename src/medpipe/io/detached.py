@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from medpipe.errors import MedpipeError
 from medpipe.io.paths import PathEscapeError, inside
 
 HEADER_EXTENSIONS = (".mhd", ".nhdr", ".nrrd")
@@ -20,7 +21,7 @@ _NRRD = re.compile(r"^\s*data ?file\s*:\s*(.*?)\s*$", re.IGNORECASE)
 _HEADER_BYTES = 1 << 16  # a header is text at the start of the file; the pixel data may follow
 
 
-class DetachedDataError(ValueError):
+class DetachedDataError(MedpipeError, ValueError):
     """A header names a data file outside its folder, or a list of data files."""
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from medpipe.errors import MedpipeError
 
-class PathEscapeError(ValueError):
+
+class PathEscapeError(MedpipeError, ValueError):
     """A path taken from a data file points outside the dataset's folder."""
 
 

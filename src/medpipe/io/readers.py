@@ -17,6 +17,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from medpipe.errors import MedpipeError
 from medpipe.io.detached import DetachedDataError, detached_files
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -33,7 +34,7 @@ DEFAULT_SLAB = 32  # z slices per lazy NIfTI block when the caller gives no chun
 _token = itertools.count()
 
 
-class ReadError(RuntimeError):
+class ReadError(MedpipeError, RuntimeError):
     """A file cannot be read as an image; the message names the file and the problem."""
 
 

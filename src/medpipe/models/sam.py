@@ -21,6 +21,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from medpipe.errors import MedpipeError
 from medpipe.files import TorchFileError, load_torch
 from medpipe.models.names import BUNDLED, BUNDLED_TYPES, LITE_MEDSAM, MODEL_TYPES, RANDOM_INIT, checkpoint_label
 
@@ -31,7 +32,7 @@ TINY = dict(img_size=256, embed_dim=64, depth=2, num_heads=2, global_attn_indexe
             prompt_embed_dim=64, decoder_mlp_dim=256, decoder_heads=4, iou_hidden=64)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MedpipeError, RuntimeError):
     """A checkpoint file is missing, not a SAM state dict, or does not match the model."""
 
 

@@ -19,7 +19,6 @@ from medpipe.models.sem_decoder import SCALE, SemanticDecoder, decoder_for, load
 
 log = logging.getLogger(__name__)
 
-DECODER_INITS = ("random", "pretrained")
 #: decoder parameters that are never taken from a pretrained decoder (the classifier)
 FRESH_PREFIX = "out_conv."
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpipe.finetune.settings import resolve_run
+from medpipe.run_settings import resolve_run
 
 
 @dataclass(frozen=True)

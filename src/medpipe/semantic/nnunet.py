@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.errors import MedpipeError
 from medpipe.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ TRAINER_DIR = Path(__file__).with_name("nnunet_trainers")
 FLAT_Z_SPACING = 999.0  # nnU-Net's convention for 2D images stored as 3D: never resampled along z
 
 
-class NnUNetError(RuntimeError):
+class NnUNetError(MedpipeError, RuntimeError):
     """The data cannot be converted or nnU-Net's output is not what we expect."""
 
 

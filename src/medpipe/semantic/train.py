@@ -167,7 +167,7 @@ def fit(model: torch.nn.Module, next_batch, val_batches: list, settings: TrainSe
     ``stop_after``: fault injection for tests (raise :class:`Interrupted` after that iteration).
     Returns a history ``{"train": [(iteration, loss)], "val": [(iteration, metric, lr)], "best": it}``.
     """
-    from medpipe.finetune.trainer import PREEMPTED_EXIT, PreemptionFlag
+    from medpipe.preemption import PREEMPTED_EXIT, PreemptionFlag
 
     model.to(device).train()
     loss_fn, metric_fn = loss_and_metric(settings.loss)

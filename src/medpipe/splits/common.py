@@ -7,6 +7,8 @@ import hashlib
 
 import numpy as np
 
+from medpipe.errors import MedpipeError
+
 SPLITS = ("train", "val", "test")
 COLUMNS = ["dataset", "case_id", "patient_id", "modality", "split"]
 BLOCK_ROWS = 200_000  # patient groups per block when hashing or assigning
@@ -15,7 +17,7 @@ READ_ROWS = 50_000  # rows per block when reading a table or ledger (the same re
 SEP = b"\x1f"
 
 
-class SplitError(ValueError):
+class SplitError(MedpipeError, ValueError):
     """Inconsistent split input (e.g. a patient split across two earlier splits)."""
 
 

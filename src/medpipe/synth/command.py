@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from medpipe.synth.generate import KINDS, SynthError, generate_dataset
-
-log = logging.getLogger(__name__)
+from medpipe.synth.generate import KINDS, generate_dataset
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +30,5 @@ def run_synth(args: argparse.Namespace) -> int:
         write_corpus(args.out, args.patients * args.images_per_patient, seed=args.seed,
                      largest=(args.size or [96])[0], per_case=args.images_per_patient)
         return 0
-    try:
-        generate_dataset(args.out, args.kind, args.seed, args.patients, args.images_per_patient, args.size)
-    except SynthError as exc:
-        log.error("synth: %s", exc)
-        return 2
+    generate_dataset(args.out, args.kind, args.seed, args.patients, args.images_per_patient, args.size)
     return 0

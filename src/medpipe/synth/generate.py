@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from medpipe.errors import MedpipeError
 from medpipe.files import write_bytes
 
 from . import ct, dermoscopy, mri, ultrasound, writers, xray
@@ -26,7 +27,7 @@ KINDS: dict[str, KindSpec] = {spec.name: spec
 MANIFEST = "manifest.json"
 
 
-class SynthError(ValueError):
+class SynthError(MedpipeError, ValueError):
     """Arguments that cannot produce a valid dataset (wrong size rank, too small, stale files)."""
 
 

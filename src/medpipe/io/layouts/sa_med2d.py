@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.errors import MedpipeError
 from medpipe.files import sha256_of, sha256_of_files
 from medpipe.io.assemble import CaseProblem
 from medpipe.io.cases import CaseFiles, DatasetConfigError, case_id_problem, compile_regex
@@ -44,7 +45,7 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 _BLOCK = 1 << 20
 
 
-class IndexError_(ValueError):
+class CorpusIndexError(MedpipeError, ValueError):
     """The JSON index is not an object of ``"images/<name>": ["masks/<name>", ...]`` entries."""
 
 
@@ -85,7 +86,7 @@ def iter_index(path: str | os.PathLike, block: int = _BLOCK, handle=None) -> Ite
                     # an entry cut by the block end: read on (an entry is far smaller than 64 blocks)
                     if len(buffer) - pos < 64 * block and more():
                         continue
-                    raise IndexError_(f"{path}: not valid JSON near character {exc.pos} of the current block "
+                    raise CorpusIndexError(f"{path}: not valid JSON near character {exc.pos} of the current block "
                                       f"({exc.msg})") from exc
                 if end == len(buffer) and not eof and not isinstance(value, (str, list, dict)):
                     more()  # a number could continue in the next block
@@ -98,7 +99,7 @@ def iter_index(path: str | os.PathLike, block: int = _BLOCK, handle=None) -> Ite
             skip()
             if pos >= len(buffer) or buffer[pos] not in chars:
                 found = buffer[pos:pos + 20] if pos < len(buffer) else "end of file"
-                raise IndexError_(f"{path}: expected one of {chars!r}, found {found!r}")
+                raise CorpusIndexError(f"{path}: expected one of {chars!r}, found {found!r}")
             pos += 1
             return buffer[pos - 1]
 
@@ -111,7 +112,7 @@ def iter_index(path: str | os.PathLike, block: int = _BLOCK, handle=None) -> Ite
             skip()
             key = token()
             if not isinstance(key, str):
-                raise IndexError_(f"{path}: object key {key!r} is not a string")
+                raise CorpusIndexError(f"{path}: object key {key!r} is not a string")
             expect(":")
             skip()
             yield key, token()
@@ -192,7 +193,7 @@ def discover(dataset: str, spec: dict) -> Iterator[CaseFiles | QuarantineRow]:
                 continue
             yield CaseFiles(case_id, patient_id, (Path(image),), tuple(map(Path, mask_paths)),
                             extra={"masks": mask_names})
-    except (IndexError_, UnicodeDecodeError) as exc:
+    except (CorpusIndexError, UnicodeDecodeError) as exc:
         raise DatasetConfigError(f"datasets.{dataset}.index: {exc}") from exc
     if skipped:
         log.info("%s: %d index entries left out by the include regex %r", dataset, skipped, spec.get("include"))

@@ -4,6 +4,8 @@ A run's settings are the schema's knob defaults <- ``finetune.defaults`` <- the 
 run's own keys, so a preset names a training strategy of the paper and a run may still override any
 knob. The config schema is the one definition of every knob's default and of the presets: this
 module reads them from it (torch-free, so the workflow can resolve runs while it parses).
+It sits below the stages: the finetune stage trains with these settings, and the model list
+(``medpipe.models.specs``), the config check and the workflow resolve run names with them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 
+from medpipe.errors import MedpipeError
 from medpipe.models.names import MODEL_TYPES, checkpoint_label
 
 #: ``image_prep`` values: resize each whole image (the reference) or crop at native resolution
@@ -25,7 +28,7 @@ NO_DECAY = "none"
 FREEZABLE = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
-class SettingsError(ValueError):
+class SettingsError(MedpipeError, ValueError):
     """A finetune run refers to an unknown base model or preset, or has an invalid knob."""
 
 
@@ -168,9 +171,6 @@ class FinetuneSettings(Mapping):
 _FIELDS = tuple(field.name for field in dataclasses.fields(FinetuneSettings))
 #: keys of a run entry that are not knobs
 RUN_KEYS = ("base", "preset")
-IDENTITY = ("run", "preset", "base", "model_type", "checkpoint")
-#: the knob names; the schema's ``finetune.defaults`` must define exactly these (tested)
-KNOBS = tuple(name for name in _FIELDS if name not in IDENTITY)
 #: the schema's knob defaults and presets (the module's names for them)
 KNOB_DEFAULTS = knob_defaults()
 PRESETS = preset_defaults()
