@@ -34,6 +34,18 @@ IMAGE_COLUMNS = {"case": np.int64, "z": np.int32, "height": np.int32, "width": n
 OBJECT_COLUMNS = {"label": np.int32, "area": np.int64, "bbox": np.int32}
 
 
+def class_components(label: np.ndarray):
+    """``(class id, component map)`` for each class of a semantic label map, ascending, background
+    skipped: ``scipy.ndimage.label``'s default 4-connectivity per class, so classes never merge.
+    The one definition of a semantic label's objects (here and in finetuning)."""
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        comp, n = ndimage.label(label == cls)
+        if n:
+            yield cls, comp
+
+
 def objects_in(label: np.ndarray, instances: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(label ids, areas, bboxes)`` of the objects of one 2D label map (H, W), in the order of
     :func:`medpipe.finetune.data.objects_of`: class by class (ascending), then component scan
@@ -50,12 +62,7 @@ def objects_in(label: np.ndarray, instances: bool) -> tuple[np.ndarray, np.ndarr
                 areas.append(int(sizes[value]))
                 boxes.append(box)
     else:
-        for cls in np.unique(label):
-            if cls == 0:
-                continue
-            comp, n = ndimage.label(label == cls)
-            if n == 0:
-                continue
+        for cls, comp in class_components(label):
             sizes = np.bincount(comp.ravel())[1:]
             for index, box in enumerate(ndimage.find_objects(comp)):
                 ids.append(int(cls))

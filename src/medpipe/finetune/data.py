@@ -28,11 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from medpipe.data.objects import ObjectTable
+from medpipe.data.objects import ObjectTable, class_components
 from medpipe.errors import MedpipeError
 from medpipe.models.transforms import (
     PixelStats,
@@ -73,12 +72,7 @@ def instances_from_semantic(label: np.ndarray, min_px: int) -> tuple[np.ndarray,
     label = np.asarray(label)
     instances = np.zeros(label.shape, dtype=np.int32)
     count = 0
-    for cls in np.unique(label):
-        if cls == 0:
-            continue
-        comp, n = ndimage.label(label == cls)
-        if n == 0:
-            continue
+    for _, comp in class_components(label):
         sizes = np.bincount(comp.ravel())
         keep = np.flatnonzero(sizes >= min_px)
         keep = keep[keep > 0]
